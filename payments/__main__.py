@@ -1,0 +1,69 @@
+"""python -m payments run | serve | migrate | seed
+
+run: migrate, seed and serve. Without DATABASE_URL / REDIS_URL, an embedded PostgreSQL and Redis
+are started in the data folder for as long as the command runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import structlog
+import uvicorn
+
+from payments.embedded import servers
+from payments.log import configure_logging
+from payments.migrate import migrate
+from payments.seed import seed
+from payments.settings import Settings, SettingsError
+
+COMMANDS = ("run", "serve", "migrate", "seed")
+log = structlog.get_logger("payments")
+
+
+def serve(settings: Settings) -> None:
+    """uvicorn with WORKERS processes; each builds its app from the environment."""
+    uvicorn.run(
+        "payments.app:app_from_environ",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # the app writes one canonical line per request instead
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        log_level=settings.log_level.lower(),
+    )
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "run"
+    if command not in COMMANDS:
+        print(f"usage: python -m payments {' | '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_environ(os.environ)
+    except SettingsError as error:
+        print(f"payments: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    with servers(settings.data_dir, database_url=settings.database_url,
+                 redis_url=settings.redis_url) as (database_url, redis_url):  # fmt: skip
+        # The API processes read these, so they use the servers started here.
+        os.environ["DATABASE_URL"] = database_url
+        os.environ["REDIS_URL"] = redis_url
+        settings = settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+        asyncio.run(migrate(database_url))
+        if command in ("run", "seed"):
+            asyncio.run(seed(settings, database_url))
+        if command in ("run", "serve"):
+            log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
+            serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

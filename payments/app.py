@@ -1,0 +1,114 @@
+"""create_app(settings) -> Starlette: the routes, the middleware stack in order, the lifespan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from payments.db import create_pool
+from payments.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
+from payments.log import configure_logging
+from payments.middleware.auth import AuthMiddleware
+from payments.middleware.idempotency import IdempotencyMiddleware
+from payments.middleware.problem import ProblemMiddleware
+from payments.middleware.request_context import RequestContextMiddleware
+from payments.routes import accounts, auth, health, transfers
+from payments.security import AccessTokens, Passwords
+from payments.services import Services
+from payments.settings import Settings
+
+API = "/api/v1"
+
+
+def routes() -> list[Route]:
+    return [
+        Route(f"{API}/health", health.health, methods=["GET"]),
+        Route(f"{API}/ready", health.ready, methods=["GET"]),
+        Route(f"{API}/auth/register", auth.register, methods=["POST"]),
+        Route(f"{API}/auth/login", auth.login, methods=["POST"]),
+        Route(f"{API}/auth/refresh", auth.refresh, methods=["POST"]),
+        Route(f"{API}/auth/logout", auth.logout, methods=["POST"]),
+        Route(f"{API}/accounts", accounts.list_accounts, methods=["GET"]),
+        Route(f"{API}/accounts", accounts.open_account, methods=["POST"]),
+        Route(f"{API}/accounts/{{account_number}}", accounts.get_account, methods=["GET"]),
+        Route(f"{API}/transactions", transfers.list_transfers, methods=["GET"]),
+        Route(f"{API}/transactions", transfers.create_transfer, methods=["POST"]),
+        Route(f"{API}/transactions/{{id}}", transfers.get_transfer, methods=["GET"]),
+        Route(f"{API}/transactions/{{id}}/reverse", transfers.reverse_transfer, methods=["POST"]),
+    ]
+
+
+async def handle_api_error(request: Request, error: Exception) -> Response:
+    """Errors raised by handlers become ordinary responses, which the layers outside may store."""
+    assert isinstance(error, ApiError)
+    return problem_response(error)
+
+
+async def handle_http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own 404 and 405, as problem+json like every other error."""
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        return problem_response(ApiError(METHOD_NOT_ALLOWED, headers=dict(error.headers or {})))
+    return problem_response(ApiError(NOT_FOUND, "no such route"))
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A client that fails fast: a Redis that hangs is a Redis that is down (one quick retry
+    replaces a connection that died with a restarted server)."""
+    assert settings.redis_url is not None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=False,
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    found = Services(settings=settings, tokens=AccessTokens(settings), passwords=Passwords(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert settings.database_url is not None
+        found.pool = await create_pool(settings, settings.database_url)
+        found.redis = connect_redis(settings)
+        try:
+            yield
+        finally:
+            await found.redis.aclose()
+            await found.pool.close()
+            found.passwords.close()
+
+    middleware = [
+        Middleware(RequestContextMiddleware),  # request id, log context, canonical log line
+        Middleware(ProblemMiddleware),  # renders ApiError raised by any layer below
+        Middleware(AuthMiddleware, services=found),  # sets scope["payments.principal"]
+        Middleware(IdempotencyMiddleware, body_bytes_max=settings.request_body_bytes_max),
+    ]
+    app = Starlette(
+        routes=routes(),
+        middleware=middleware,
+        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_error},
+        lifespan=lifespan,
+    )
+    app.state.services = found
+    return app
+
+
+def app_from_environ() -> Starlette:
+    """The factory each uvicorn worker process calls."""
+    settings = Settings.from_environ(os.environ)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,98 @@
+"""The PostgreSQL pool, the named queries `Q`, and how driver errors become API errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+
+import asyncpg
+import structlog
+
+from payments.errors import UNAVAILABLE, ApiError
+from payments.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_QUERY_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+T = TypeVar("T")
+
+
+class Queries:
+    """Read-only access to the blocks of queries.sql by name: `Q.transfer_funds`."""
+
+    def __init__(self, text: str) -> None:
+        parts = _QUERY_NAME.split(text)
+        self._by_name = MappingProxyType(
+            {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+        )
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+
+Q = Queries((Path(__file__).parent / "queries.sql").read_text(encoding="utf-8"))
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release a connection as it is: we keep no session state (no SET, LISTEN or session locks),
+    so asyncpg's default reset query would be one more round trip per request for nothing."""
+
+
+async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=settings.db_pool_size_max,
+        command_timeout=settings.db_command_timeout_s,
+        reset=_keep_session,
+        server_settings={
+            "application_name": "payments",
+            # A statement or lock wait that outlives the command timeout is cancelled server-side.
+            "statement_timeout": str(int(settings.db_command_timeout_s * 1000)),
+            "lock_timeout": str(int(settings.db_command_timeout_s * 1000)),
+            "idle_in_transaction_session_timeout": "60000",
+        },
+    )
+
+
+# Serialization failures and deadlocks: nothing happened, the statement may run again.
+RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# The server went away or refuses connections: the request cannot be served safely now.
+UNREACHABLE = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+)
+
+
+async def run(settings: Settings, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run one database transaction, again on serialization failure or deadlock (nothing of it
+    committed), at most db_retries_max times, then 503."""
+    for attempt in range(1, settings.db_retries_max + 1):
+        try:
+            return await operation()
+        except RETRYABLE:
+            log.warning("db_retry", attempt=attempt)
+    raise ApiError(UNAVAILABLE, "the database is busy, try again", headers={"Retry-After": "1"})
+
+
+def as_unavailable(error: BaseException) -> ApiError | None:
+    """A 503 for an error that means PostgreSQL could not be reached or went away mid-request.
+    Whether a statement in flight committed is unknown to us: the idempotency key tells a retry."""
+    if isinstance(error, UNREACHABLE):
+        log.warning("db_unavailable", error=type(error).__name__)
+        return ApiError(UNAVAILABLE, "a dependency is unavailable", headers={"Retry-After": "1"})
+    return None

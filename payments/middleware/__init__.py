@@ -1,0 +1,1 @@
+"""The pure-ASGI middleware stack; app.py lists it in order."""

@@ -1,0 +1,54 @@
+"""Request id, log context, and the one canonical log line per request."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("payments.request")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a client's X-Request-ID, if it is sane
+
+
+class RequestContextMiddleware:
+    """Binds request_id for every log line of the request and writes `request_finished`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            principal = scope.get("payments.principal")
+            log.info(
+                "request_finished",
+                method=scope["method"],
+                route=scope.get("payments.route", "unmatched"),
+                status=status,
+                duration_ms=round((time.perf_counter() - started_at) * 1000, 2),
+                principal_id=principal.user_id if principal else None,
+                idempotency=scope.get("payments.idempotency_outcome"),
+                rate_limit_tier=scope.get("payments.rate_limit_tier"),
+            )

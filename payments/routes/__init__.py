@@ -1,0 +1,41 @@
+"""HTTP handlers, one module per resource; app.py mounts them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from payments.errors import NOT_FOUND, ApiError
+from payments.security import Principal
+
+
+def principal_of(request: Request) -> Principal:
+    principal: Principal = request.scope["payments.principal"]
+    return principal
+
+
+def body_of(request: Request) -> Any:
+    """The JSON body the idempotency layer read and parsed (None when there was none)."""
+    return request.scope.get("payments.body")
+
+
+def json_response(status: int, content: Any) -> Response:
+    return Response(json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode(),
+                    status_code=status, media_type="application/json")  # fmt: skip
+
+
+def page_response(bodies: list[str], next_cursor: str | None) -> Response:
+    """A list of resources rendered by the database, wrapped without parsing them again."""
+    content = f'{{"data":[{",".join(bodies)}],"next_cursor":{json.dumps(next_cursor)}}}'
+    return Response(content.encode(), media_type="application/json")
+
+
+def path_id(request: Request, name: str = "id") -> int:
+    """A numeric id from the path; a malformed one is a 404, like an unknown one."""
+    text = request.path_params[name]
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ApiError(NOT_FOUND, "no such resource")
+    return int(text)

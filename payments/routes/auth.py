@@ -1,0 +1,64 @@
+"""Register, log in, refresh, log out."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from payments import db, sessions
+from payments.db import Q
+from payments.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
+from payments.models import LoginIn, LogoutIn, RefreshIn, RegisterIn, to_minor_units, validate_body
+from payments.routes import body_of, json_response, principal_of
+from payments.services import services
+
+
+async def register(request: Request) -> Response:
+    """A user, their first account, and its opening balance paid through the ledger."""
+    found = services(request)
+    command = validate_body(RegisterIn, body_of(request))
+    password_hash = await found.passwords.hash(command.password)
+    settings = found.settings
+    opening_minor = to_minor_units(settings.opening_balance, settings.default_currency)
+    created = await db.run(settings, lambda: found.pool.fetchval(
+        Q.register_user, command.email, command.full_name, password_hash,
+        settings.default_currency, opening_minor,
+    ))  # fmt: skip
+    if created is None:
+        raise ApiError(EMAIL_TAKEN, "an account with this email exists already")
+    return Response(created.encode(), status_code=201, media_type="application/json")
+
+
+async def login(request: Request) -> Response:
+    """A token pair for the right password; the same 401, at the same cost, for a wrong password
+    and for an unknown email."""
+    found = services(request)
+    command = validate_body(LoginIn, body_of(request))
+    user = await found.pool.fetchrow(Q.user_by_email, command.email)
+    stored_hash = user["password_hash"] if user else None
+    if not await found.passwords.verify(stored_hash, command.password):
+        raise ApiError(INVALID_CREDENTIALS, "the email or the password is wrong")
+    assert user is not None
+
+    async with found.pool.acquire() as conn:
+        tokens = await sessions.start(found, conn, user_id=user["id"], role=user["role"])
+        account = await conn.fetchval(Q.first_account_body, user["id"])
+    if found.passwords.needs_rehash(user["password_hash"]):
+        new_hash = await found.passwords.hash(command.password)
+        await found.pool.execute(Q.rehash_password, user["id"], new_hash)
+    user_out = {"id": user["id"], "email": user["email"], "full_name": user["full_name"]}
+    return json_response(200, {**tokens, "user": user_out, "account": json.loads(account)})
+
+
+async def refresh(request: Request) -> Response:
+    found = services(request)
+    command = validate_body(RefreshIn, body_of(request))
+    return json_response(200, await sessions.rotate(found, command.refresh_token))
+
+
+async def logout(request: Request) -> Response:
+    command = validate_body(LogoutIn, body_of(request) or {})
+    await sessions.end(services(request), principal_of(request), command.refresh_token)
+    return Response(status_code=204)

@@ -1,0 +1,69 @@
+"""Transfers: send money, list and read the caller's transactions, reverse one."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from payments import db
+from payments.db import Q
+from payments.errors import NOT_FOUND, ApiError
+from payments.idempotency import IdempotencyRequest, stored_response
+from payments.models import TransferIn, check_amount, check_currency, validate_body
+from payments.pagination import decode_cursor, encode_cursor, page_limit
+from payments.routes import body_of, page_response, path_id, principal_of
+from payments.services import services
+
+NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
+
+
+async def create_transfer(request: Request) -> Response:
+    """Debit, credit, the transfer and its two ledger entries, and the key's stored answer, in
+    one statement: all commit, or none. One round trip to PostgreSQL."""
+    found = services(request)
+    command = validate_body(TransferIn, body_of(request))
+    currency = check_currency(command.currency) if command.currency else None
+    amount = check_amount(command.amount, currency, limit=found.settings.max_transfer_amount)
+    key: IdempotencyRequest = request.scope["payments.idempotency"]
+    row = await db.run(found.settings, lambda: found.pool.fetchrow(
+        Q.transfer_funds, principal_of(request).user_id, key.key, key.fingerprint,
+        found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
+        amount, currency, command.description,
+    ))  # fmt: skip
+    return stored_response(row["status"], row["body"], replayed=row["replayed"])
+
+
+async def list_transfers(request: Request) -> Response:
+    """The caller's transactions, newest first, a keyset page at a time."""
+    found = services(request)
+    settings = found.settings
+    limit = page_limit(request.query_params.get("limit"), settings.page_size_default, settings.page_size_max)
+    cursor = request.query_params.get("cursor")
+    before_id = decode_cursor(cursor, settings) if cursor else NO_CURSOR
+    rows = await found.pool.fetch(Q.transfers_of_user, principal_of(request).user_id, before_id, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["id"], settings) if len(rows) > limit else None
+    return page_response([row["body"] for row in page], next_cursor)
+
+
+async def get_transfer(request: Request) -> Response:
+    """Visible to its sender and its recipient only; to anyone else it does not exist."""
+    found = services(request)
+    body = await found.pool.fetchval(Q.transfer_of_user, path_id(request), principal_of(request).user_id)
+    if body is None:
+        raise ApiError(NOT_FOUND, "no such transaction")
+    return Response(body.encode(), media_type="application/json")
+
+
+async def reverse_transfer(request: Request) -> Response:
+    """The recipient (or an admin) sends the amount back, as a new transaction that `reverses`
+    the first; one statement, like a transfer."""
+    found = services(request)
+    principal = principal_of(request)
+    transfer_id = path_id(request)
+    key: IdempotencyRequest = request.scope["payments.idempotency"]
+    row = await db.run(found.settings, lambda: found.pool.fetchrow(
+        Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
+        found.settings.idempotency_ttl_s, transfer_id,
+    ))  # fmt: skip
+    return stored_response(row["status"], row["body"], replayed=row["replayed"])

@@ -1,0 +1,151 @@
+"""Access tokens (JWT, HS256, through python-jose), refresh tokens, and argon2id password hashing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from jose import JWTError, jwt
+
+from payments.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
+from payments.settings import Settings
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068: a refresh token or an ID token is never taken for one
+JWT_ALGORITHM = "HS256"
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, from a verified access token."""
+
+    user_id: int
+    role: str
+    token_id: str  # jti
+    family_id: str  # sid: the login session; revoking it refuses every token issued in it
+    expires_at: int  # exp, seconds since the epoch
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    token: str
+    expires_in_s: int
+
+
+class AccessTokens:
+    """Issue and verify access tokens. Keys are chosen by `kid`; the algorithm is never the token's."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = {settings.jwt_key_id: settings.jwt_secret.get_secret_value()}
+        self.current_key_id = settings.jwt_key_id
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.leeway_s = settings.jwt_leeway_s
+        self.ttl_s = settings.access_token_ttl_s
+
+    def issue(self, *, user_id: int, role: str, family_id: str) -> IssuedAccessToken:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "aud": self.audience, "sub": str(user_id), "role": role,
+            "sid": family_id, "jti": uuid.uuid4().hex, "iat": now, "exp": now + self.ttl_s,
+        }  # fmt: skip
+        token = jwt.encode(
+            claims, self.keys[self.current_key_id], algorithm=JWT_ALGORITHM,
+            headers={"kid": self.current_key_id, "typ": ACCESS_TOKEN_TYPE},
+        )  # fmt: skip
+        return IssuedAccessToken(token=token, expires_in_s=self.ttl_s)
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; 401 invalid_token for anything else."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self.keys.get(header.get("kid", ""))
+            if key is None or header.get("typ") != ACCESS_TOKEN_TYPE:
+                raise JWTError("unknown key or token type")
+            claims = jwt.decode(
+                token, key, algorithms=[JWT_ALGORITHM], audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require_exp": True, "require_iat": True, "require_sub": True,
+                    "require_jti": True, "require_aud": True, "require_iss": True,
+                    "leeway": self.leeway_s,
+                },
+            )  # fmt: skip
+            return Principal(
+                user_id=int(claims["sub"]), role=str(claims.get("role", "user")),
+                token_id=str(claims["jti"]), family_id=str(claims["sid"]),
+                expires_at=int(claims["exp"]),
+            )  # fmt: skip
+        except (JWTError, KeyError, ValueError, TypeError):
+            raise ApiError(INVALID_TOKEN, "the access token is missing, expired or invalid",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None  # fmt: skip
+
+
+def new_refresh_token() -> tuple[str, bytes]:
+    """An opaque refresh token and the SHA-256 we store in its place."""
+    token = secrets.token_urlsafe(32)
+    return token, refresh_token_hash(token)
+
+
+def refresh_token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Passwords:
+    """Argon2id off the event loop, in a small pool of its own with a bounded queue: a login flood
+    waits (19 MiB a hash in flight), then gets 503, and never stalls the other requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_cost_kib,
+            parallelism=settings.argon2_parallelism,
+        )  # fmt: skip
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.password_hash_threads, thread_name_prefix="argon2"
+        )
+        self.slots = asyncio.Semaphore(settings.password_hash_queue_max)
+        self.queue_max = settings.password_hash_queue_max
+        # Unknown emails are verified against this, so they cost what a wrong password costs.
+        self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await self._in_pool(self.hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when the password matches; an unknown user (None) costs the same and is False."""
+
+        def check() -> bool:
+            try:
+                return bool(self.hasher.verify(password_hash or self.dummy_hash, password))
+            except (VerificationError, InvalidHashError):
+                return False
+
+        matched = await self._in_pool(check)
+        return matched and password_hash is not None
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return bool(self.hasher.check_needs_rehash(password_hash))
+
+    async def _in_pool(self, function: Callable[..., R], *arguments: str) -> R:
+        if self.slots.locked():
+            raise ApiError(UNAVAILABLE, "too many sign-ins at once, try again",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        async with self.slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, function, *arguments)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

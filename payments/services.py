@@ -1,0 +1,28 @@
+"""What the handlers and middleware share for the life of a process: settings, pools, codecs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from payments.security import AccessTokens, Passwords
+from payments.settings import Settings
+
+
+@dataclass
+class Services:
+    """Filled in by the app's lifespan; handlers reach it through `services(request)`."""
+
+    settings: Settings
+    tokens: AccessTokens
+    passwords: Passwords
+    pool: asyncpg.Pool = field(init=False)
+    redis: Redis = field(init=False)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,146 @@
+"""Login sessions (token families): issuing a token pair, rotating refresh tokens with reuse
+detection, revoking, and checking an access token against the revocations."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from redis.exceptions import RedisError
+
+from payments import redis_keys
+from payments.db import Q
+from payments.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
+from payments.security import Principal, new_refresh_token, refresh_token_hash
+from payments.services import Services
+
+log = structlog.get_logger(__name__)
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DENYLIST_READY_TTL_S = 86400  # re-copied from PostgreSQL at least daily
+
+
+def token_pair(services: Services, *, user_id: int, role: str, family_id: str, refresh: str) -> dict[str, Any]:
+    access = services.tokens.issue(user_id=user_id, role=role, family_id=family_id)
+    return {
+        "access_token": access.token, "token_type": "Bearer", "expires_in": access.expires_in_s,
+        "refresh_token": refresh,
+    }  # fmt: skip
+
+
+async def start(services: Services, conn: asyncpg.Connection, *, user_id: int, role: str) -> dict[str, Any]:
+    """A new session for a user who just proved who they are: a token pair."""
+    family_id = uuid.uuid4()
+    refresh, refresh_hash = new_refresh_token()
+    async with conn.transaction():
+        await conn.execute(Q.start_token_family, family_id, user_id)
+        await conn.execute(Q.insert_refresh_token, family_id, None, refresh_hash,
+                           services.settings.refresh_token_ttl_s)  # fmt: skip
+    return token_pair(services, user_id=user_id, role=role, family_id=str(family_id), refresh=refresh)
+
+
+async def rotate(services: Services, presented: str) -> dict[str, Any]:
+    """Trade a refresh token for a new pair. Each token works once: presenting a used one means it
+    was stolen or replayed, so the whole family is revoked (and its access tokens refused)."""
+    async with services.pool.acquire() as conn:
+        async with conn.transaction():
+            row = await conn.fetchrow(Q.lock_refresh_token, refresh_token_hash(presented))
+            if row is None or row["expired"]:
+                raise ApiError(INVALID_TOKEN, "the refresh token is unknown or expired")
+            if row["used"] or row["revoked"]:
+                await conn.execute(Q.revoke_token_family, row["family_id"])
+                reused = True
+            else:
+                reused = False
+                refresh, refresh_hash = new_refresh_token()
+                await conn.execute(Q.use_refresh_token, row["id"])
+                await conn.execute(Q.insert_refresh_token, row["family_id"], row["id"], refresh_hash,
+                                   services.settings.refresh_token_ttl_s)  # fmt: skip
+        user = await conn.fetchrow(Q.user_by_id, row["user_id"])
+    if reused:
+        log.warning("refresh_token_reused", user_id=row["user_id"], family_id=str(row["family_id"]))
+        await deny(services, user_id=row["user_id"], family_id=str(row["family_id"]))
+        raise ApiError(INVALID_TOKEN, "the refresh token was already used; the session is revoked")
+    return token_pair(services, user_id=user["id"], role=user["role"],
+                      family_id=str(row["family_id"]), refresh=refresh)  # fmt: skip
+
+
+async def end(services: Services, principal: Principal, refresh_token: str | None) -> None:
+    """Logout: the caller's session, and the session of the refresh token presented if it is the
+    caller's, are revoked in PostgreSQL, then denied in Redis along with this access token."""
+    families = {principal.family_id}
+    async with services.pool.acquire() as conn:
+        if refresh_token is not None:
+            other = await conn.fetchval(Q.family_of_refresh_token, refresh_token_hash(refresh_token),
+                                        principal.user_id)  # fmt: skip
+            if other is not None:
+                families.add(str(other))
+        async with conn.transaction():
+            for family_id in sorted(families):
+                await conn.execute(Q.revoke_token_family, uuid.UUID(family_id))
+    for family_id in families:
+        await deny(services, user_id=principal.user_id, family_id=family_id,
+                   token_id=principal.token_id)  # fmt: skip
+
+
+async def deny(services: Services, *, user_id: int, family_id: str, token_id: str | None = None) -> None:
+    """Copy a revocation that PostgreSQL already holds into Redis, where every request looks."""
+    ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
+    try:
+        async with services.redis.pipeline(transaction=True) as pipe:
+            pipe.set(redis_keys.revoked_family(user_id, family_id), "1", ex=ttl_s)
+            if token_id is not None:
+                pipe.set(redis_keys.revoked_token(user_id, token_id), "1", ex=ttl_s)
+            await pipe.execute()
+    except REDIS_ERRORS:
+        # PostgreSQL holds the revocation; Redis will copy it back before it is trusted again.
+        log.warning("redis_unavailable", layer="sessions")
+        await forget_denylist(services)
+
+
+async def forget_denylist(services: Services) -> None:
+    try:
+        await services.redis.delete(redis_keys.denylist_ready())
+    except REDIS_ERRORS:
+        pass
+
+
+async def is_revoked(services: Services, principal: Principal) -> bool:
+    """Whether the token's session or the token itself was revoked. Redis answers when it holds
+    the whole denylist; otherwise PostgreSQL does, and the denylist is copied back."""
+    redis_up = False
+    try:
+        ready, family, token = await services.redis.mget(
+            redis_keys.denylist_ready(),
+            redis_keys.revoked_family(principal.user_id, principal.family_id),
+            redis_keys.revoked_token(principal.user_id, principal.token_id),
+        )
+        if ready is not None:
+            return family is not None or token is not None
+        redis_up = True
+    except REDIS_ERRORS:
+        log.warning("redis_unavailable", layer="auth")
+    try:
+        revoked = await services.pool.fetchval(Q.token_family_revoked, uuid.UUID(principal.family_id))
+    except DB_ERRORS:
+        raise ApiError(UNAVAILABLE, "cannot check the token now", headers={"Retry-After": "1"}) from None
+    if redis_up:
+        try:
+            await restore_denylist(services)
+        except (*REDIS_ERRORS, *DB_ERRORS):
+            log.warning("denylist_not_restored")
+    return revoked is not False
+
+
+async def restore_denylist(services: Services) -> None:
+    """After Redis lost its data: every session revoked within a token lifetime, back in Redis."""
+    ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
+    rows = await services.pool.fetch(Q.recently_revoked_families, ttl_s)
+    async with services.redis.pipeline(transaction=True) as pipe:
+        for row in rows:
+            pipe.set(redis_keys.revoked_family(row["user_id"], str(row["id"])), "1", ex=ttl_s)
+        pipe.set(redis_keys.denylist_ready(), "1", ex=DENYLIST_READY_TTL_S)
+        await pipe.execute()
+    log.info("denylist_restored", sessions=len(rows))
