@@ -1,0 +1,46 @@
+"""The whole app in-process, driven over ASGI; the books checked after every test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+
+from payments.app import create_app
+from payments.settings import Settings
+from tests.books import assert_books_balance, reset_books
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Starlette]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_books(db: asyncpg.Pool, redis: Redis) -> AsyncIterator[None]:
+    """Each test starts from empty books and an empty Redis db, and must leave them balanced."""
+    await reset_books(db)
+    await redis.flushdb()
+    yield
+    await assert_books_balance(db)
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import httpx
+
+from tests.api.users import new_user, send
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_a_transfer_moves_money(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    response = await send(client, alice, bob.account_number, "12.34")
+    assert response.status_code == 201, response.text
+    assert response.json()["amount"] == "12.34"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from payments.settings import RateLimit, Settings, SettingsError, parse_duration_s, read_dotenv
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("2s", 2), ("15m", 900), ("24h", 86400), ("7d", 604800)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration_s("X", text) == seconds
+
+
+@pytest.mark.parametrize("text", ["15", "m", "1.5h", "-1s", "10w", ""])
+def test_bad_durations_name_the_variable(text: str) -> None:
+    with pytest.raises(SettingsError, match="CACHE_TTL"):
+        parse_duration_s("CACHE_TTL", text)
+
+
+def test_environment_overrides_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {"RATE_LIMIT_TRANSFER": "3/10s", "IDEMPOTENCY_TTL": "2h", "PORT": "9000",
+         "DATA_DIR": str(tmp_path), "REDIS_URL": "redis://h:6379/4"},
+        dotenv=None,
+    )  # fmt: skip
+    assert settings.rate_limit_transfer == RateLimit(name="transfer", count=3, period_s=10)
+    assert settings.idempotency_ttl_s == 7200
+    assert settings.port == 9000
+    assert settings.redis_url == "redis://h:6379/4"
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# comment\nPORT=7001\nexport HOST='0.0.0.0'\nWORKERS=3\n")
+    assert read_dotenv(dotenv)["HOST"] == "0.0.0.0"
+    settings = Settings.from_environ({"WORKERS": "2", "DATA_DIR": str(tmp_path)}, dotenv=dotenv)
+    assert (settings.port, settings.host, settings.workers) == (7001, "0.0.0.0", 2)
+
+
+def test_development_key_is_generated_once_per_data_folder(tmp_path: Path) -> None:
+    first = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    second = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    assert len(first.jwt_secret.get_secret_value()) >= 32
+    assert first.jwt_secret == second.jwt_secret
+    assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
+
+
+def test_production_requires_a_key(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="JWT_SECRET"):
+        Settings.from_environ({"ENV": "production", "DATA_DIR": str(tmp_path)}, dotenv=None)
+
+
+def test_errors_name_variables_not_values(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_environ({"PORT": "not-a-port-s3cret", "DATA_DIR": str(tmp_path)}, dotenv=None)
+    assert "PORT" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(SettingsError, match="RATE_LIMIT_AUTH"):
+        Settings.from_environ({"RATE_LIMIT_AUTH": "ten/1m", "DATA_DIR": str(tmp_path)}, dotenv=None)
