@@ -55,7 +55,9 @@ def main(argv: list[str]) -> int:
         # The API processes read these, so they use the servers started here.
         os.environ["DATABASE_URL"] = database_url
         os.environ["REDIS_URL"] = redis_url
-        settings = settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+        settings = settings.model_copy(
+            update={"database_url": database_url, "redis_url": redis_url}
+        )
         asyncio.run(migrate(database_url))
         if command in ("run", "seed"):
             asyncio.run(seed(settings, database_url))

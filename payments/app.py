@@ -77,7 +77,9 @@ def connect_redis(settings: Settings) -> Redis:
 
 
 def create_app(settings: Settings) -> Starlette:
-    found = Services(settings=settings, tokens=AccessTokens(settings), passwords=Passwords(settings))
+    found = Services(
+        settings=settings, tokens=AccessTokens(settings), passwords=Passwords(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -47,7 +47,9 @@ INTERNAL_ERROR = ProblemType(500, "internal_error", "Internal server error")
 UNAVAILABLE = ProblemType(503, "unavailable", "Service unavailable")
 
 CATALOG: dict[str, ProblemType] = {
-    problem.code: problem for problem in globals().copy().values() if isinstance(problem, ProblemType)
+    problem.code: problem
+    for problem in globals().copy().values()
+    if isinstance(problem, ProblemType)
 }
 
 
@@ -88,5 +90,8 @@ def problem_response(error: ApiError) -> Response:
     """Render an ApiError as RFC 9457 problem+json, with the error's headers."""
     content = json.dumps(error.body(), separators=(",", ":"), ensure_ascii=False).encode()
     return Response(
-        content, status_code=error.problem.status, headers=error.headers, media_type=PROBLEM_MEDIA_TYPE
+        content,
+        status_code=error.problem.status,
+        headers=error.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )

@@ -12,7 +12,12 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from payments.errors import IDEMPOTENCY_KEY_INVALID, IDEMPOTENCY_KEY_MISSING, PROBLEM_MEDIA_TYPE, ApiError
+from payments.errors import (
+    IDEMPOTENCY_KEY_INVALID,
+    IDEMPOTENCY_KEY_MISSING,
+    PROBLEM_MEDIA_TYPE,
+    ApiError,
+)
 from payments.models import canonical_json
 
 KEY_PATTERN = re.compile(r"^[\x20-\x7E]{1,255}$")
@@ -39,10 +44,14 @@ def read_key(headers: Headers, *, required: bool) -> str | None:
               for value in headers.getlist(name)}  # fmt: skip
     if not values:
         if required:
-            raise ApiError(IDEMPOTENCY_KEY_MISSING, "this request moves money: send an Idempotency-Key")
+            raise ApiError(
+                IDEMPOTENCY_KEY_MISSING, "this request moves money: send an Idempotency-Key"
+            )
         return None
     if len(values) > 1:
-        raise ApiError(IDEMPOTENCY_KEY_INVALID, "the request carries two different idempotency keys")
+        raise ApiError(
+            IDEMPOTENCY_KEY_INVALID, "the request carries two different idempotency keys"
+        )
     key = values.pop()
     if not KEY_PATTERN.match(key):
         raise ApiError(IDEMPOTENCY_KEY_INVALID, "a key is 1 to 255 printable ASCII characters")

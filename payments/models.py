@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
 from payments.errors import (
@@ -54,7 +54,9 @@ def canonical_json(value: Any) -> str:
 
 
 def field_error(field: str, message: str) -> ApiError:
-    return ApiError(VALIDATION_ERROR, f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return ApiError(
+        VALIDATION_ERROR, f"{field}: {message}", errors=[{"field": field, "message": message}]
+    )
 
 
 def check_amount(value: object, currency: str | None, *, limit: str, field: str = "amount") -> str:
@@ -75,7 +77,9 @@ def check_amount(value: object, currency: str | None, *, limit: str, field: str 
     if amount <= 0:
         raise field_error(field, "must be greater than zero")
     if amount > Decimal(limit):
-        raise ApiError(AMOUNT_TOO_LARGE, f"{field} is larger than the maximum of {limit} per transfer")
+        raise ApiError(
+            AMOUNT_TOO_LARGE, f"{field} is larger than the maximum of {limit} per transfer"
+        )
     return text
 
 
@@ -120,7 +124,9 @@ M = TypeVar("M", bound=RequestModel)
 class RegisterIn(RequestModel):
     email: Email
     password: Annotated[str, StringConstraints(min_length=8, max_length=128)]
-    full_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    full_name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
 
 
 class LoginIn(RequestModel):
@@ -142,12 +148,10 @@ class AccountIn(RequestModel):
 
 class TransferIn(RequestModel):
     to_account_number: AccountNumber
-    amount: JsonNumber | str = Field(union_mode="left_to_right")
+    amount: Any  # a decimal string or a JsonNumber: check_amount() parses it, exactly
     currency: Currency | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     from_account_number: AccountNumber | None = None
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
 
 def validate_body(model: type[M], body: Any) -> M:

@@ -7,8 +7,8 @@ import hashlib
 import secrets
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,7 +19,7 @@ from jose import JWTError, jwt
 from payments.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
 from payments.settings import Settings
 
-ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068: a refresh token or an ID token is never taken for one
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret): RFC 9068: a refresh token or an ID token is never taken for one
 JWT_ALGORITHM = "HS256"
 R = TypeVar("R")
 

@@ -3,6 +3,7 @@ detection, revoking, and checking an access token against the revocations."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -22,7 +23,9 @@ DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErro
 DENYLIST_READY_TTL_S = 86400  # re-copied from PostgreSQL at least daily
 
 
-def token_pair(services: Services, *, user_id: int, role: str, family_id: str, refresh: str) -> dict[str, Any]:
+def token_pair(
+    services: Services, *, user_id: int, role: str, family_id: str, refresh: str
+) -> dict[str, Any]:
     access = services.tokens.issue(user_id=user_id, role=role, family_id=family_id)
     return {
         "access_token": access.token, "token_type": "Bearer", "expires_in": access.expires_in_s,
@@ -30,7 +33,9 @@ def token_pair(services: Services, *, user_id: int, role: str, family_id: str, r
     }  # fmt: skip
 
 
-async def start(services: Services, conn: asyncpg.Connection, *, user_id: int, role: str) -> dict[str, Any]:
+async def start(
+    services: Services, conn: asyncpg.Connection, *, user_id: int, role: str
+) -> dict[str, Any]:
     """A new session for a user who just proved who they are: a token pair."""
     family_id = uuid.uuid4()
     refresh, refresh_hash = new_refresh_token()
@@ -38,7 +43,9 @@ async def start(services: Services, conn: asyncpg.Connection, *, user_id: int, r
         await conn.execute(Q.start_token_family, family_id, user_id)
         await conn.execute(Q.insert_refresh_token, family_id, None, refresh_hash,
                            services.settings.refresh_token_ttl_s)  # fmt: skip
-    return token_pair(services, user_id=user_id, role=role, family_id=str(family_id), refresh=refresh)
+    return token_pair(
+        services, user_id=user_id, role=role, family_id=str(family_id), refresh=refresh
+    )
 
 
 async def rotate(services: Services, presented: str) -> dict[str, Any]:
@@ -85,7 +92,9 @@ async def end(services: Services, principal: Principal, refresh_token: str | Non
                    token_id=principal.token_id)  # fmt: skip
 
 
-async def deny(services: Services, *, user_id: int, family_id: str, token_id: str | None = None) -> None:
+async def deny(
+    services: Services, *, user_id: int, family_id: str, token_id: str | None = None
+) -> None:
     """Copy a revocation that PostgreSQL already holds into Redis, where every request looks."""
     ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
     try:
@@ -101,10 +110,8 @@ async def deny(services: Services, *, user_id: int, family_id: str, token_id: st
 
 
 async def forget_denylist(services: Services) -> None:
-    try:
+    with contextlib.suppress(*REDIS_ERRORS):
         await services.redis.delete(redis_keys.denylist_ready())
-    except REDIS_ERRORS:
-        pass
 
 
 async def is_revoked(services: Services, principal: Principal) -> bool:
@@ -123,9 +130,13 @@ async def is_revoked(services: Services, principal: Principal) -> bool:
     except REDIS_ERRORS:
         log.warning("redis_unavailable", layer="auth")
     try:
-        revoked = await services.pool.fetchval(Q.token_family_revoked, uuid.UUID(principal.family_id))
+        revoked = await services.pool.fetchval(
+            Q.token_family_revoked, uuid.UUID(principal.family_id)
+        )
     except DB_ERRORS:
-        raise ApiError(UNAVAILABLE, "cannot check the token now", headers={"Retry-After": "1"}) from None
+        raise ApiError(
+            UNAVAILABLE, "cannot check the token now", headers={"Retry-After": "1"}
+        ) from None
     if redis_up:
         try:
             await restore_denylist(services)

@@ -40,7 +40,9 @@ class RateLimit(BaseModel):
         count_text, _, period_text = text.partition("/")
         if not count_text.isdigit() or int(count_text) < 1:
             raise SettingsError(f"{variable} must look like 100/15m")
-        return cls(name=name, count=int(count_text), period_s=parse_duration_s(variable, period_text))
+        return cls(
+            name=name, count=int(count_text), period_s=parse_duration_s(variable, period_text)
+        )
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -108,7 +110,9 @@ class Settings(BaseModel):
     shutdown_grace_s: int = 10  # in-flight requests get this long to finish on SIGTERM
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], *, dotenv: Path | None = Path(".env")) -> Settings:
+    def from_environ(
+        cls, environ: Mapping[str, str], *, dotenv: Path | None = Path(".env")
+    ) -> Settings:
         """Read the variables named in the contract; the environment wins over `.env`."""
         env = {**(read_dotenv(dotenv) if dotenv else {}), **environ}
         fields: dict[str, object] = {}

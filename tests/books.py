@@ -22,12 +22,16 @@ async def assert_books_balance(db: asyncpg.Pool) -> None:
     """Every currency's entries sum to zero, and every balance is the sum of its entries."""
     imbalances = await db.fetch(Q.ledger_imbalances)
     assert [dict(row) for row in imbalances] == []
-    negative = await db.fetchval("SELECT count(*) FROM account WHERE kind = 'customer' AND balance_minor < 0")
+    negative = await db.fetchval(
+        "SELECT count(*) FROM account WHERE kind = 'customer' AND balance_minor < 0"
+    )
     assert negative == 0
 
 
 async def balance_minor(db: asyncpg.Pool, account_number: str) -> int:
-    value = await db.fetchval("SELECT balance_minor FROM account WHERE account_number = $1", account_number)
+    value = await db.fetchval(
+        "SELECT balance_minor FROM account WHERE account_number = $1", account_number
+    )
     assert value is not None, account_number
     return int(value)
 

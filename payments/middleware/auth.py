@@ -51,6 +51,6 @@ def bearer_token(scope: Scope) -> str:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+                return str(token.strip())
     raise ApiError(INVALID_TOKEN, "send an access token: Authorization: Bearer <token>",
                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip

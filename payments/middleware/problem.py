@@ -40,4 +40,6 @@ class ProblemMiddleware:
             if unavailable is None:
                 log.exception("request_failed")
             if not started:
-                await problem_response(unavailable or ApiError(INTERNAL_ERROR))(scope, receive, send)
+                await problem_response(unavailable or ApiError(INTERNAL_ERROR))(
+                    scope, receive, send
+                )

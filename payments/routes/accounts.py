@@ -18,7 +18,9 @@ ACCOUNTS_PER_USER_MAX = 100  # one per currency; far fewer currencies exist
 
 async def list_accounts(request: Request) -> Response:
     found = services(request)
-    rows = await found.pool.fetch(Q.accounts_of_user, principal_of(request).user_id, ACCOUNTS_PER_USER_MAX)
+    rows = await found.pool.fetch(
+        Q.accounts_of_user, principal_of(request).user_id, ACCOUNTS_PER_USER_MAX
+    )
     return page_response([row["body"] for row in rows], None)
 
 

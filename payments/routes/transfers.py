@@ -37,10 +37,14 @@ async def list_transfers(request: Request) -> Response:
     """The caller's transactions, newest first, a keyset page at a time."""
     found = services(request)
     settings = found.settings
-    limit = page_limit(request.query_params.get("limit"), settings.page_size_default, settings.page_size_max)
+    limit = page_limit(
+        request.query_params.get("limit"), settings.page_size_default, settings.page_size_max
+    )
     cursor = request.query_params.get("cursor")
     before_id = decode_cursor(cursor, settings) if cursor else NO_CURSOR
-    rows = await found.pool.fetch(Q.transfers_of_user, principal_of(request).user_id, before_id, limit + 1)
+    rows = await found.pool.fetch(
+        Q.transfers_of_user, principal_of(request).user_id, before_id, limit + 1
+    )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]["id"], settings) if len(rows) > limit else None
     return page_response([row["body"] for row in page], next_cursor)
@@ -49,7 +53,9 @@ async def list_transfers(request: Request) -> Response:
 async def get_transfer(request: Request) -> Response:
     """Visible to its sender and its recipient only; to anyone else it does not exist."""
     found = services(request)
-    body = await found.pool.fetchval(Q.transfer_of_user, path_id(request), principal_of(request).user_id)
+    body = await found.pool.fetchval(
+        Q.transfer_of_user, path_id(request), principal_of(request).user_id
+    )
     if body is None:
         raise ApiError(NOT_FOUND, "no such transaction")
     return Response(body.encode(), media_type="application/json")

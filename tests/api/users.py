@@ -29,7 +29,8 @@ class User:
 async def new_user(client: httpx.AsyncClient, name: str | None = None) -> User:
     email = f"{name or 'user'}{next(_numbers)}@example.com"
     registered = await client.post(
-        "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "full_name": "Test User"}
+        "/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "full_name": "Test User"},
     )
     assert registered.status_code == 201, registered.text
     return await log_in(client, email)

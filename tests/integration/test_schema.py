@@ -45,7 +45,9 @@ async def test_migrations_apply_once_even_when_two_run_at_once(scratch_database:
     assert await migrate(scratch_database) == []
 
 
-async def test_an_applied_migration_that_changed_stops_the_runner(scratch_database: str, tmp_path: Path) -> None:
+async def test_an_applied_migration_that_changed_stops_the_runner(
+    scratch_database: str, tmp_path: Path
+) -> None:
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
     await migrate(scratch_database, sql_dir)
@@ -62,14 +64,18 @@ async def test_problems_rendered_by_sql_agree_with_the_catalog(db: asyncpg.Pool)
     )
     assert len(codes) == 11
     for row in codes:
-        status, body = await db.fetchrow("SELECT status, body FROM business_problem($1, 'd')", row["code"])
+        status, body = await db.fetchrow(
+            "SELECT status, body FROM business_problem($1, 'd')", row["code"]
+        )
         problem = CATALOG[row["code"]]
         assert status == problem.status
         assert json.loads(body) == {"type": f"/problems/{problem.code}", "title": problem.title,
                                     "status": problem.status, "code": problem.code, "detail": "d"}  # fmt: skip
 
 
-async def test_the_database_refuses_a_negative_balance_and_a_self_transfer(db: asyncpg.Pool) -> None:
+async def test_the_database_refuses_a_negative_balance_and_a_self_transfer(
+    db: asyncpg.Pool,
+) -> None:
     await reset_books(db)
     await db.fetchval(Q.register_user, "rules@example.com", "Rules", "x" * 40, "USD", 500)
     with pytest.raises(asyncpg.CheckViolationError):

@@ -14,7 +14,10 @@ def headers(*pairs: tuple[str, str]) -> Headers:
 def test_either_spelling_is_the_same_key() -> None:
     assert read_key(headers(("Idempotency-Key", "abc")), required=True) == "abc"
     assert read_key(headers(("X-Idempotency-Key", "abc")), required=True) == "abc"
-    assert read_key(headers(("Idempotency-Key", "abc"), ("X-Idempotency-Key", "abc")), required=True) == "abc"
+    assert (
+        read_key(headers(("Idempotency-Key", "abc"), ("X-Idempotency-Key", "abc")), required=True)
+        == "abc"
+    )
     assert read_key(headers(("Idempotency-Key", '"abc"')), required=True) == "abc"
 
 
@@ -47,6 +50,8 @@ def test_money_moving_routes() -> None:
 
 
 def test_fingerprint_ignores_key_order_and_whitespace_only() -> None:
-    assert fingerprint("POST", "/p", {"a": 1, "b": 2}) == fingerprint("POST", "/p", {"b": 2, "a": 1})
+    assert fingerprint("POST", "/p", {"a": 1, "b": 2}) == fingerprint(
+        "POST", "/p", {"b": 2, "a": 1}
+    )
     assert fingerprint("POST", "/p", {"a": 1}) != fingerprint("POST", "/p", {"a": 2})
     assert fingerprint("POST", "/p", {"a": 1}) != fingerprint("POST", "/q", {"a": 1})

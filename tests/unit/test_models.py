@@ -47,7 +47,9 @@ def test_json_numbers_keep_their_source_text() -> None:
     assert check_amount(body["amount"], "USD", limit=LIMIT) == "50.10"
     # A number and the string of the same digits are the same amount, and fingerprint alike.
     assert canonical_json(body) == '{"amount":"50.10","big":"12345678901234567890.01"}'
-    assert canonical_json(body) == canonical_json(parse_json(b'{"big":"12345678901234567890.01","amount":"50.10"}'))
+    assert canonical_json(body) == canonical_json(
+        parse_json(b'{"big":"12345678901234567890.01","amount":"50.10"}')
+    )
 
 
 def test_exponent_numbers_and_non_strings_are_refused() -> None:
@@ -69,7 +71,9 @@ def test_over_the_maximum_is_amount_too_large() -> None:
     assert raised.value.problem.code == "amount_too_large"
 
 
-@pytest.mark.parametrize("raw", [b"NaN", b'{"amount": NaN}', b'{"a": Infinity}', b"{", b"\xff", b"[1,]"])
+@pytest.mark.parametrize(
+    "raw", [b"NaN", b'{"amount": NaN}', b'{"a": Infinity}', b"{", b"\xff", b"[1,]"]
+)
 def test_what_is_not_json_is_malformed_json(raw: bytes) -> None:
     with pytest.raises(ApiError) as raised:
         parse_json(raw)
@@ -87,7 +91,9 @@ def test_minor_units_round_trip() -> None:
 
 
 def test_bodies_take_camel_case_and_refuse_unknown_fields() -> None:
-    command = validate_body(TransferIn, {"toAccountNumber": "AC1", "amount": "5", "fromAccountNumber": "AC2"})
+    command = validate_body(
+        TransferIn, {"toAccountNumber": "AC1", "amount": "5", "fromAccountNumber": "AC2"}
+    )
     assert (command.to_account_number, command.from_account_number) == ("AC1", "AC2")
     with pytest.raises(ApiError) as raised:
         validate_body(TransferIn, {"to_account_number": "AC1", "amount": "5", "color": "red"})

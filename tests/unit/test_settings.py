@@ -7,7 +7,9 @@ import pytest
 from payments.settings import RateLimit, Settings, SettingsError, parse_duration_s, read_dotenv
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("2s", 2), ("15m", 900), ("24h", 86400), ("7d", 604800)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2s", 2), ("15m", 900), ("24h", 86400), ("7d", 604800)]
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_s("X", text) == seconds
 

@@ -1,0 +1,1 @@
+"""The payments API: money moves exactly once, and the books always balance."""

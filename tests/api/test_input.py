@@ -1,0 +1,144 @@
+"""Bad input of every kind is a clear 4xx, changes nothing, and is not stored with the key."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.api.users import new_user, send
+from tests.books import balance_minor, transfer_count
+
+BAD_AMOUNTS = ["1e2", "NaN", "Infinity", "+5", ".5", "5.", "1,000", "50.000", "0", "0.00", "-5", " 5", "",
+               None, True, [], {"v": 1}]  # fmt: skip
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+async def test_bad_amounts_are_validation_errors(
+    client: httpx.AsyncClient, db: asyncpg.Pool, amount: object
+) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    key = uuid.uuid4().hex
+    response = await send(client, alice, bob.account_number, amount, key=key)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["errors"][0]["field"] == "amount"
+    # Refused before it ran: nothing stored, so the same key with a corrected body goes through.
+    corrected = await send(client, alice, bob.account_number, "5.00", key=key)
+    assert corrected.status_code == 201
+    assert "idempotent-replayed" not in corrected.headers
+    assert await balance_minor(db, bob.account_number) == 100500
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"amount": 1e2}', b'{"amount": 1E+2}', b'{"amount": -5}', b'{"amount": 0}']
+)
+async def test_bad_json_numbers_are_validation_errors(
+    client: httpx.AsyncClient, raw: bytes
+) -> None:
+    alice = await new_user(client, "alice")
+    body = raw[:-1] + b', "to_account_number": "AC0000000000000000"}'
+    response = await client.post("/api/v1/transactions", content=body,
+                                 headers={**alice.auth, "Idempotency-Key": "n"})  # fmt: skip
+    assert (response.status_code, response.json()["code"]) == (422, "validation_error")
+
+
+async def test_json_numbers_are_exact(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = f'{{"to_account_number": "{bob.account_number}", "amount": 0.29}}'.encode()
+    response = await client.post("/api/v1/transactions", content=body,
+                                 headers={**alice.auth, "Idempotency-Key": "n"})  # fmt: skip
+    assert response.json()["amount"] == "0.29"
+    assert await balance_minor(db, bob.account_number) == 100029
+
+
+async def test_amount_over_the_maximum(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    for amount in ("1000000.01", "99999999999999999999999999"):
+        response = await send(client, alice, bob.account_number, amount)
+        assert (response.status_code, response.json()["code"]) == (422, "amount_too_large")
+
+
+async def test_decimals_are_checked_against_the_recipients_currency(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    """No currency named: the transfer takes the recipient's, and JPY has no minor digits."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    yen = (await client.post("/api/v1/accounts", json={"currency": "JPY"}, headers=bob.auth)).json()
+    response = await send(client, alice, yen["account_number"], "5.5", key="yen")
+    assert (response.status_code, response.json()["code"]) == (422, "validation_error")
+    # Not stored: the same key with a whole amount runs (and fails for want of a JPY account).
+    again = await send(client, alice, yen["account_number"], "5", key="yen")
+    assert again.json()["code"] == "currency_mismatch"
+    assert "idempotent-replayed" not in again.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [(b"{", 400, "malformed_json"), (b"NaN", 400, "malformed_json"), (b'{"amount": NaN}', 400, "malformed_json"),
+     (b"\xff\xfe", 400, "malformed_json"), (b"[]", 422, "validation_error"), (b'"x"', 422, "validation_error"),
+     (b"", 422, "validation_error")],
+)  # fmt: skip
+async def test_bodies_that_are_not_objects(
+    client: httpx.AsyncClient, body: bytes, status: int, code: str
+) -> None:
+    alice = await new_user(client, "alice")
+    response = await client.post("/api/v1/transactions", content=body,
+                                 headers={**alice.auth, "Idempotency-Key": "b"})  # fmt: skip
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = {
+        "to_account_number": bob.account_number,
+        "amount": "1.00",
+        "description": "x" * (64 * 1024),
+    }
+    response = await client.post(
+        "/api/v1/transactions", json=body, headers={**alice.auth, "Idempotency-Key": "big"}
+    )
+    assert (response.status_code, response.json()["code"]) == (413, "payload_too_large")
+    assert await transfer_count(db) == 0
+
+
+async def test_key_header_errors(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = {"to_account_number": bob.account_number, "amount": "1.00"}
+    cases = [({}, "idempotency_key_missing"), ({"Idempotency-Key": "x" * 256}, "idempotency_key_invalid"),
+             ({"Idempotency-Key": "a", "X-Idempotency-Key": "b"}, "idempotency_key_invalid")]  # fmt: skip
+    for headers, code in cases:
+        response = await client.post(
+            "/api/v1/transactions", json=body, headers={**alice.auth, **headers}
+        )
+        assert (response.status_code, response.json()["code"]) == (400, code)
+    assert await transfer_count(db) == 0
+
+
+async def test_other_fields_are_validated(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    for fields in ({"to_account_number": ""}, {"to_account_number": 12}, {"currency": "usd"},
+                   {"currency": "XYZ"}, {"description": "d" * 501}, {"from_account_number": ""},
+                   {"unexpected": 1}):  # fmt: skip
+        body = {"to_account_number": "AC0000000000000000", "amount": "1.00", **fields}
+        response = await client.post("/api/v1/transactions", json=body,
+                                     headers={**alice.auth, "Idempotency-Key": uuid.uuid4().hex})  # fmt: skip
+        assert (response.status_code, response.json()["code"]) == (422, "validation_error"), fields
+
+
+async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    missing = await client.get("/api/v1/nothing-here", headers=alice.auth)
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    wrong_method = await client.delete("/api/v1/accounts", headers=alice.auth)
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    assert wrong_method.headers["content-type"] == "application/problem+json"
