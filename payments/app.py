@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
@@ -31,6 +31,17 @@ from payments.settings import Settings
 API = "/api/v1"
 
 
+def by_method(
+    **endpoints: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """One route for a path with several methods, so that a 405 names all of them in Allow."""
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method if request.method != "HEAD" else "GET"](request)
+
+    return dispatch
+
+
 def routes() -> list[Route]:
     return [
         Route(f"{API}/health", health.health, methods=["GET"]),
@@ -39,11 +50,17 @@ def routes() -> list[Route]:
         Route(f"{API}/auth/login", auth.login, methods=["POST"]),
         Route(f"{API}/auth/refresh", auth.refresh, methods=["POST"]),
         Route(f"{API}/auth/logout", auth.logout, methods=["POST"]),
-        Route(f"{API}/accounts", accounts.list_accounts, methods=["GET"]),
-        Route(f"{API}/accounts", accounts.open_account, methods=["POST"]),
+        Route(
+            f"{API}/accounts",
+            by_method(GET=accounts.list_accounts, POST=accounts.open_account),
+            methods=["GET", "POST"],
+        ),
         Route(f"{API}/accounts/{{account_number}}", accounts.get_account, methods=["GET"]),
-        Route(f"{API}/transactions", transfers.list_transfers, methods=["GET"]),
-        Route(f"{API}/transactions", transfers.create_transfer, methods=["POST"]),
+        Route(
+            f"{API}/transactions",
+            by_method(GET=transfers.list_transfers, POST=transfers.create_transfer),
+            methods=["GET", "POST"],
+        ),
         Route(f"{API}/transactions/{{id}}", transfers.get_transfer, methods=["GET"]),
         Route(f"{API}/transactions/{{id}}/reverse", transfers.reverse_transfer, methods=["POST"]),
     ]

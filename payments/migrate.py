@@ -38,6 +38,8 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
         if not MIGRATION_NAME.match(path.name):
             raise MigrationError(f"migration file {path.name} is not named NNNN_description.sql")
         migrations.append(Migration(path.name, path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationError(f"no migrations found in {sql_dir}: run from a source checkout")
     return migrations
 
 

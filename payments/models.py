@@ -102,7 +102,8 @@ def to_decimal_text(amount_minor: int, currency: str) -> str:
 
 
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-AccountNumber = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Any non-empty string: one we did not issue is an unknown account (422 unknown_account).
+AccountNumber = Annotated[str, StringConstraints(min_length=1)]
 Email = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254,
                            pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),

@@ -7,6 +7,7 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from payments.errors import UNAVAILABLE, ApiError, problem_response
 from payments.routes import json_response
 from payments.services import services
 
@@ -32,9 +33,14 @@ async def ready(request: Request) -> Response:
         check("postgres", found.pool.fetchval("SELECT 1")),
         check("redis", found.redis.ping()),
     ))  # fmt: skip
-    up = all(state == "ok" for state in components.values())
-    response = json_response(200 if up else 503,
-                             {"status": "ok" if up else "unavailable", "components": components})  # fmt: skip
-    if not up:
-        response.headers["Retry-After"] = "1"
-    return response
+    if any(state != "ok" for state in components.values()):
+        down = ", ".join(name for name, state in components.items() if state != "ok")
+        return problem_response(
+            ApiError(
+                UNAVAILABLE,
+                f"not ready: {down} unavailable",
+                headers={"Retry-After": "1"},
+                components=components,
+            )
+        )
+    return json_response(200, {"status": "ok", "components": components})

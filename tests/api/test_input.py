@@ -142,3 +142,16 @@ async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient
     wrong_method = await client.delete("/api/v1/accounts", headers=alice.auth)
     assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
     assert wrong_method.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    response = await client.put("/api/v1/transactions", headers=alice.auth)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+async def test_a_long_account_number_is_unknown_not_invalid(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    response = await send(client, alice, "A" * 300, "1.00")
+    assert (response.status_code, response.json()["code"]) == (422, "unknown_account")

@@ -17,3 +17,9 @@ async def test_a_transfer_moves_money(client: httpx.AsyncClient) -> None:
     response = await send(client, alice, bob.account_number, "12.34")
     assert response.status_code == 201, response.text
     assert response.json()["amount"] == "12.34"
+
+
+async def test_ready_names_its_components(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "components": {"postgres": "ok", "redis": "ok"}}
