@@ -16,13 +16,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from payments.admission import Admitter
 from payments.db import create_pool
 from payments.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
 from payments.log import configure_logging
 from payments.middleware.auth import AuthMiddleware
 from payments.middleware.idempotency import IdempotencyMiddleware
 from payments.middleware.problem import ProblemMiddleware
+from payments.middleware.rate_limit import RateLimitMiddleware
 from payments.middleware.request_context import RequestContextMiddleware
+from payments.middleware.response_cache import ResponseCacheMiddleware
 from payments.routes import accounts, auth, health, transfers
 from payments.security import AccessTokens, Passwords
 from payments.services import Services
@@ -103,6 +106,7 @@ def create_app(settings: Settings) -> Starlette:
         assert settings.database_url is not None
         found.pool = await create_pool(settings, settings.database_url)
         found.redis = connect_redis(settings)
+        found.admitter = Admitter(found.redis)
         try:
             yield
         finally:
@@ -114,7 +118,9 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(RequestContextMiddleware),  # request id, log context, canonical log line
         Middleware(ProblemMiddleware),  # renders ApiError raised by any layer below
         Middleware(AuthMiddleware, services=found),  # sets scope["payments.principal"]
-        Middleware(IdempotencyMiddleware, body_bytes_max=settings.request_body_bytes_max),
+        Middleware(RateLimitMiddleware, services=found),  # the request's one Redis round trip
+        Middleware(IdempotencyMiddleware, services=found),  # replays, 409s, stored answers
+        Middleware(ResponseCacheMiddleware, services=found),  # cached reads, invalidation
     ]
     app = Starlette(
         routes=routes(),

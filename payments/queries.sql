@@ -2,14 +2,14 @@
 -- Money moves only through the functions of sql/0002_money_functions.sql.
 
 -- name: transfer_funds
-SELECT status, body, replayed
+SELECT status, body, replayed, stored, parties
   FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: reverse_transfer
-SELECT status, body, replayed FROM reverse_transfer($1, $2, $3, $4, $5, $6);
+SELECT status, body, replayed, stored, parties FROM reverse_transfer($1, $2, $3, $4, $5, $6);
 
 -- name: open_account
-SELECT status, body, replayed FROM open_account($1, $2, $3, $4, $5);
+SELECT status, body, replayed, stored, parties FROM open_account($1, $2, $3, $4, $5);
 
 -- name: register_user
 SELECT register_user($1, $2, $3, $4, $5);
@@ -102,6 +102,6 @@ HAVING a.balance_minor <> coalesce(sum(CASE e.direction WHEN 'credit' THEN e.amo
 SELECT 1;
 
 -- name: recently_revoked_families
--- Sessions revoked within one access-token lifetime: their tokens may still be presented.
-SELECT f.id, f.user_id FROM token_family f
- WHERE f.revoked_at > now() - make_interval(secs => $1);
+-- A user's sessions revoked within one access-token lifetime: their tokens may still be presented.
+SELECT f.id FROM token_family f
+ WHERE f.user_id = $1 AND f.revoked_at > now() - make_interval(secs => $2);

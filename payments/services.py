@@ -8,6 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from payments.admission import Admitter
 from payments.security import AccessTokens, Passwords
 from payments.settings import Settings
 
@@ -21,6 +22,7 @@ class Services:
     passwords: Passwords
     pool: asyncpg.Pool = field(init=False)
     redis: Redis = field(init=False)
+    admitter: Admitter = field(init=False)
 
 
 def services(request: Request) -> Services:

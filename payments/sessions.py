@@ -20,7 +20,7 @@ from payments.services import Services
 log = structlog.get_logger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-DENYLIST_READY_TTL_S = 86400  # re-copied from PostgreSQL at least daily
+DENYLIST_READY_TTL_S = 86400  # each user's denylist is re-checked against PostgreSQL daily
 
 
 def token_pair(
@@ -106,29 +106,17 @@ async def deny(
     except REDIS_ERRORS:
         # PostgreSQL holds the revocation; Redis will copy it back before it is trusted again.
         log.warning("redis_unavailable", layer="sessions")
-        await forget_denylist(services)
+        await forget_denylist(services, user_id)
 
 
-async def forget_denylist(services: Services) -> None:
+async def forget_denylist(services: Services, user_id: int) -> None:
+    """Redis missed a revocation: until it is restored, PostgreSQL answers for this user."""
     with contextlib.suppress(*REDIS_ERRORS):
-        await services.redis.delete(redis_keys.denylist_ready())
+        await services.redis.delete(redis_keys.denylist_ready(user_id))
 
 
-async def is_revoked(services: Services, principal: Principal) -> bool:
-    """Whether the token's session or the token itself was revoked. Redis answers when it holds
-    the whole denylist; otherwise PostgreSQL does, and the denylist is copied back."""
-    redis_up = False
-    try:
-        ready, family, token = await services.redis.mget(
-            redis_keys.denylist_ready(),
-            redis_keys.revoked_family(principal.user_id, principal.family_id),
-            redis_keys.revoked_token(principal.user_id, principal.token_id),
-        )
-        if ready is not None:
-            return family is not None or token is not None
-        redis_up = True
-    except REDIS_ERRORS:
-        log.warning("redis_unavailable", layer="auth")
+async def revoked_in_database(services: Services, principal: Principal) -> bool:
+    """PostgreSQL's word on the token's session, for when Redis cannot give it."""
     try:
         revoked = await services.pool.fetchval(
             Q.token_family_revoked, uuid.UUID(principal.family_id)
@@ -137,21 +125,21 @@ async def is_revoked(services: Services, principal: Principal) -> bool:
         raise ApiError(
             UNAVAILABLE, "cannot check the token now", headers={"Retry-After": "1"}
         ) from None
-    if redis_up:
-        try:
-            await restore_denylist(services)
-        except (*REDIS_ERRORS, *DB_ERRORS):
-            log.warning("denylist_not_restored")
     return revoked is not False
 
 
-async def restore_denylist(services: Services) -> None:
-    """After Redis lost its data: every session revoked within a token lifetime, back in Redis."""
+async def restore_denylist(services: Services, user_id: int) -> None:
+    """Copy a user's recent revocations back into Redis (after it lost them), then mark the
+    user's denylist complete. Best effort: until it succeeds, PostgreSQL keeps being asked."""
     ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
-    rows = await services.pool.fetch(Q.recently_revoked_families, ttl_s)
-    async with services.redis.pipeline(transaction=True) as pipe:
-        for row in rows:
-            pipe.set(redis_keys.revoked_family(row["user_id"], str(row["id"])), "1", ex=ttl_s)
-        pipe.set(redis_keys.denylist_ready(), "1", ex=DENYLIST_READY_TTL_S)
-        await pipe.execute()
-    log.info("denylist_restored", sessions=len(rows))
+    try:
+        rows = await services.pool.fetch(Q.recently_revoked_families, user_id, ttl_s)
+        async with services.redis.pipeline(transaction=True) as pipe:
+            for row in rows:
+                pipe.set(redis_keys.revoked_family(user_id, str(row["id"])), "1", ex=ttl_s)
+            pipe.set(redis_keys.denylist_ready(user_id), "1", ex=DENYLIST_READY_TTL_S)
+            await pipe.execute()
+    except (*REDIS_ERRORS, *DB_ERRORS):
+        log.warning("denylist_not_restored", user_id=user_id)
+        return
+    log.info("denylist_restored", user_id=user_id, sessions=len(rows))

@@ -95,6 +95,7 @@ CREATE TABLE token_family (
     revoked_at  timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX token_family_user_idx ON token_family (user_id, revoked_at);
 
 -- Refresh tokens, stored as SHA-256 of the opaque token; each works once.
 CREATE TABLE refresh_token (

@@ -130,7 +130,7 @@ CREATE FUNCTION transfer_funds(
     p_user_id bigint, p_key text, p_fingerprint bytea, p_key_ttl_s int,
     p_from_number text, p_to_number text, p_amount text, p_currency text,
     p_description text,
-    OUT status int, OUT body text, OUT replayed boolean)
+    OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
@@ -144,9 +144,12 @@ BEGIN
     status := v_claim.status;
     body := v_claim.body;
     replayed := v_claim.replayed;
+    stored := v_claim.replayed;
+    parties := ARRAY[]::bigint[];
     IF v_claim.key_id IS NULL THEN
         RETURN;
     END IF;
+    stored := true;
 
     SELECT a.id, a.currency INTO v_target FROM account a
      WHERE a.account_number = p_to_number AND a.kind = 'customer';
@@ -158,6 +161,7 @@ BEGIN
         v_exponent := (SELECT c.exponent FROM currency c WHERE c.code = v_currency);
         IF scale(p_amount::numeric) > v_exponent THEN
             DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
+            stored := false;
             status := 422;
             body := json_build_object(
                 'type', '/problems/validation_error', 'title', 'Validation failed', 'status', 422,
@@ -196,7 +200,8 @@ BEGIN
               FROM business_problem(v_moved.problem, v_moved.detail) b;
         ELSE
             status := 201;
-            SELECT t.body::text INTO body FROM transfer_out t WHERE t.id = v_moved.transfer_id;
+            SELECT t.body::text, ARRAY[t.source_user_id, t.target_user_id] INTO body, parties
+              FROM transfer_out t WHERE t.id = v_moved.transfer_id;
         END IF;
     END IF;
     PERFORM finish_idempotency_key(v_claim.key_id, status, body);
@@ -207,7 +212,7 @@ END $$;
 CREATE FUNCTION reverse_transfer(
     p_user_id bigint, p_is_admin boolean, p_key text, p_fingerprint bytea, p_key_ttl_s int,
     p_transfer_id bigint,
-    OUT status int, OUT body text, OUT replayed boolean)
+    OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
@@ -218,9 +223,12 @@ BEGIN
     status := v_claim.status;
     body := v_claim.body;
     replayed := v_claim.replayed;
+    stored := v_claim.replayed;
+    parties := ARRAY[]::bigint[];
     IF v_claim.key_id IS NULL THEN
         RETURN;
     END IF;
+    stored := true;
 
     -- Locking the original makes a second, concurrent reversal wait, then see the first.
     SELECT t.id, t.kind, t.amount_minor, t.currency, t.source_account_id, t.target_account_id,
@@ -255,7 +263,8 @@ BEGIN
               FROM business_problem(v_moved.problem, v_moved.detail) b;
         ELSE
             status := 201;
-            SELECT t.body::text INTO body FROM transfer_out t WHERE t.id = v_moved.transfer_id;
+            SELECT t.body::text, ARRAY[t.source_user_id, t.target_user_id] INTO body, parties
+              FROM transfer_out t WHERE t.id = v_moved.transfer_id;
         END IF;
     END IF;
     PERFORM finish_idempotency_key(v_claim.key_id, status, body);
@@ -264,7 +273,7 @@ END $$;
 -- POST /accounts: a further account, in another currency, opening at zero. The key is optional.
 CREATE FUNCTION open_account(
     p_user_id bigint, p_key text, p_fingerprint bytea, p_key_ttl_s int, p_currency text,
-    OUT status int, OUT body text, OUT replayed boolean)
+    OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
@@ -272,6 +281,8 @@ DECLARE
     v_account_id bigint;
 BEGIN
     replayed := false;
+    stored := p_key IS NOT NULL;
+    parties := ARRAY[]::bigint[];
     IF p_key IS NOT NULL THEN
         SELECT * INTO v_claim FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
         v_key_id := v_claim.key_id;
@@ -279,6 +290,7 @@ BEGIN
             status := v_claim.status;
             body := v_claim.body;
             replayed := v_claim.replayed;
+            stored := v_claim.replayed;
             RETURN;
         END IF;
     END IF;
@@ -291,6 +303,7 @@ BEGIN
           FROM business_problem('account_exists', format('you hold a %s account already', p_currency)) b;
     ELSE
         status := 201;
+        parties := ARRAY[p_user_id];
         SELECT o.body::text INTO body FROM account_out o WHERE o.id = v_account_id;
     END IF;
     PERFORM finish_idempotency_key(v_key_id, status, body);

@@ -1,72 +1,87 @@
-"""Idempotency: reads the body of a POST once (within the size limit) and its Idempotency-Key."""
+"""Idempotency: replay a finished key's answer, refuse a key in flight or reused, and keep the
+fast copy of every new answer in Redis."""
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
+import contextlib
+
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.errors import PAYLOAD_TOO_LARGE, ApiError
-from payments.idempotency import IdempotencyRequest, fingerprint, is_money_moving, read_key
-from payments.models import parse_json
+from payments import metrics, redis_keys
+from payments.admission import REDIS_ERRORS, Admission, AfterBatch
+from payments.errors import IDEMPOTENCY_KEY_IN_USE, IDEMPOTENCY_KEY_REUSED, ApiError
+from payments.idempotency import Answer, IdempotencyRequest, PreparedRequest, stored_response
+from payments.services import Services
+
+log = structlog.get_logger(__name__)
 
 
 class IdempotencyMiddleware:
-    """Hands the handler the parsed body (scope["payments.body"]) and, for a principal's POST with
-    a key, its IdempotencyRequest (scope["payments.idempotency"]).
+    """Acts on what admission found for the request's key.
 
-    Keeps: a money-moving POST never reaches its handler without a valid key; the key is scoped
-    to the principal (the handler claims it in PostgreSQL with the principal's id)."""
+    Keeps: a finished key is replayed from Redis without touching PostgreSQL; a key in flight gets
+    409 and a key reused with another request 422, whatever its state; a new request runs once, and
+    its in-flight marker becomes the stored answer when PostgreSQL stored one, or is removed so the
+    client may retry. Without Redis, the claim in PostgreSQL alone keeps money moving once."""
 
-    def __init__(self, app: ASGIApp, *, body_bytes_max: int) -> None:
+    def __init__(self, app: ASGIApp, *, services: Services) -> None:
         self.app = app
-        self.body_bytes_max = body_bytes_max
+        self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        prepared: PreparedRequest | None = scope.get("payments.request")
+        if scope["type"] != "http" or prepared is None:
             await self.app(scope, receive, send)
             return
+        if prepared.error is not None:
+            raise prepared.error
+        scope["payments.body"] = prepared.payload
         principal = scope.get("payments.principal")
-        key = None
-        if principal is not None:
-            required = is_money_moving(scope["method"], scope["path"])
-            key = read_key(Headers(scope=scope), required=required)
-        body = await read_body(receive, self.body_bytes_max)
-        payload = parse_json(body) if body.strip() else None
-        scope["payments.body"] = payload
-        if key is not None:
-            scope["payments.idempotency"] = IdempotencyRequest(
-                key, fingerprint(scope["method"], scope["path"], payload)
+        if prepared.key is None or principal is None:
+            await self.app(scope, receive, send)
+            return
+        admission: Admission = scope["payments.admission"]
+        outcome = admission.idempotency
+        scope["payments.idempotency_outcome"] = outcome
+        metrics.IDEMPOTENCY_OUTCOMES.labels(outcome=outcome).inc()
+        if outcome == "replay":
+            response = stored_response(
+                admission.stored_status, admission.stored_body, replayed=True
             )
-        await self.app(scope, replay(body, receive), send)
+            await response(scope, receive, send)
+            return
+        if outcome == "reused":
+            raise ApiError(IDEMPOTENCY_KEY_REUSED, "this key was used with a different request")
+        if outcome == "in_use":
+            raise ApiError(IDEMPOTENCY_KEY_IN_USE, "a request with this key is still running",
+                           headers={"Retry-After": "1"})  # fmt: skip
 
+        scope["payments.idempotency"] = IdempotencyRequest(prepared.key, prepared.fingerprint)
+        if outcome != "new":  # Redis did not answer: PostgreSQL's claim decides alone
+            await self.app(scope, receive, send)
+            return
+        redis_key = redis_keys.idempotency(principal.user_id, prepared.key)
+        batch: AfterBatch = scope["payments.after"]
+        ttl_ms = self.services.settings.idempotency_ttl_s * 1000
+        started = False
 
-async def read_body(receive: Receive, bytes_max: int) -> bytes:
-    """The whole body, or 413 as soon as it grows past bytes_max."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > bytes_max:
-            raise ApiError(PAYLOAD_TOO_LARGE, f"the body is larger than {bytes_max} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+        async def send_storing(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                answer: Answer | None = scope.get("payments.answer")
+                if answer is not None and answer.stored:
+                    batch.add("HSET", redis_key, "status", answer.status, "body", answer.body)
+                    batch.add("PEXPIRE", redis_key, ttl_ms)
+                else:
+                    batch.add("DEL", redis_key)
+            await send(message)
 
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the body again, once, then waits on the client as before."""
-    sent = False
-
-    async def receive_again() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive_again
+        try:
+            await self.app(scope, receive, send_storing)
+        except BaseException:
+            if not started:  # the request failed before it answered: free the key for a retry
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.services.redis.delete(redis_key)
+            raise

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from payments import db
 from payments.db import Q
 from payments.errors import NOT_FOUND, ApiError
-from payments.idempotency import IdempotencyRequest, stored_response
+from payments.idempotency import IdempotencyRequest, answer_response
 from payments.models import AccountIn, check_currency, validate_body
 from payments.routes import body_of, page_response, principal_of
 from payments.services import services
@@ -34,7 +34,7 @@ async def open_account(request: Request) -> Response:
         Q.open_account, principal_of(request).user_id, key and key.key, key and key.fingerprint,
         found.settings.idempotency_ttl_s, currency,
     ))  # fmt: skip
-    return stored_response(row["status"], row["body"], replayed=row["replayed"])
+    return answer_response(request.scope, row)
 
 
 async def get_account(request: Request) -> Response:

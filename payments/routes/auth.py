@@ -45,6 +45,8 @@ async def login(request: Request) -> Response:
     async with found.pool.acquire() as conn:
         tokens = await sessions.start(found, conn, user_id=user["id"], role=user["role"])
         account = await conn.fetchval(Q.first_account_body, user["id"])
+    # Redis learns this user's revocations now, so the session's first request needs no fallback.
+    await sessions.restore_denylist(found, user["id"])
     if found.passwords.needs_rehash(user["password_hash"]):
         new_hash = await found.passwords.hash(command.password)
         await found.pool.execute(Q.rehash_password, user["id"], new_hash)

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from payments import db
 from payments.db import Q
 from payments.errors import NOT_FOUND, ApiError
-from payments.idempotency import IdempotencyRequest, stored_response
+from payments.idempotency import IdempotencyRequest, answer_response
 from payments.models import TransferIn, check_amount, check_currency, validate_body
 from payments.pagination import decode_cursor, encode_cursor, page_limit
 from payments.routes import body_of, page_response, path_id, principal_of
@@ -30,7 +30,7 @@ async def create_transfer(request: Request) -> Response:
         found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
         amount, currency, command.description,
     ))  # fmt: skip
-    return stored_response(row["status"], row["body"], replayed=row["replayed"])
+    return answer_response(request.scope, row)
 
 
 async def list_transfers(request: Request) -> Response:
@@ -72,4 +72,4 @@ async def reverse_transfer(request: Request) -> Response:
         Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, transfer_id,
     ))  # fmt: skip
-    return stored_response(row["status"], row["body"], replayed=row["replayed"])
+    return answer_response(request.scope, row)

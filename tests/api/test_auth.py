@@ -151,7 +151,8 @@ async def test_revocation_holds_when_redis_lost_its_data(
     assert (await client.get("/api/v1/accounts", headers=user.auth)).status_code == 401
     # ...and the denylist was copied back, so Redis alone refuses it from now on.
     assert (await client.get("/api/v1/accounts", headers=user.auth)).status_code == 401
-    assert await redis.exists("payments:denylist-ready") == 1  # type: ignore[attr-defined]
+    ready = f"payments:{{u:{user.user_id}}}:denylist-ready"
+    assert await redis.exists(ready) == 1  # type: ignore[attr-defined]
 
 
 async def test_bad_tokens_are_401(client: httpx.AsyncClient) -> None:
