@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from payments.admission import Admitter
 from payments.db import create_pool
 from payments.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
 from payments.log import configure_logging
+from payments.maintenance import sweep_forever
 from payments.middleware.auth import AuthMiddleware
 from payments.middleware.idempotency import IdempotencyMiddleware
 from payments.middleware.problem import ProblemMiddleware
@@ -107,9 +109,13 @@ def create_app(settings: Settings) -> Starlette:
         found.pool = await create_pool(settings, settings.database_url)
         found.redis = connect_redis(settings)
         found.admitter = Admitter(found.redis)
+        sweeper = asyncio.create_task(
+            sweep_forever(found.pool, settings.idempotency_sweep_interval_s)
+        )
         try:
             yield
         finally:
+            sweeper.cancel()
             await found.redis.aclose()
             await found.pool.close()
             found.passwords.close()

@@ -105,3 +105,9 @@ SELECT 1;
 -- A user's sessions revoked within one access-token lifetime: their tokens may still be presented.
 SELECT f.id FROM token_family f
  WHERE f.user_id = $1 AND f.revoked_at > now() - make_interval(secs => $2);
+
+-- name: delete_expired_idempotency_keys
+-- A batch of keys past their retention; transfers keep their history without them.
+DELETE FROM idempotency_key
+ WHERE id IN (SELECT k.id FROM idempotency_key k WHERE k.expires_at <= now()
+               ORDER BY k.expires_at LIMIT $1);

@@ -91,9 +91,8 @@ class Settings(BaseModel):
     rate_limit_auth: RateLimit = RateLimit(name="auth", count=10, period_s=60)
     rate_limit_transfer: RateLimit = RateLimit(name="transfer", count=10, period_s=60)
     idempotency_ttl_s: int = 86400
-    idempotency_lock_ttl_s: int = (
-        30  # a crashed request's in-flight marker frees its key after this
-    )
+    idempotency_lock_ttl_s: int = 30  # a crashed request's in-flight marker frees its key
+    idempotency_sweep_interval_s: int = 300  # how often expired durable keys are deleted
     cache_ttl_s: int = 30
 
     opening_balance: str = "1000.00"

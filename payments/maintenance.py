@@ -1,0 +1,40 @@
+"""Housekeeping that runs beside the API in every process: expired idempotency keys go."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from payments.db import Q
+
+log = structlog.get_logger(__name__)
+
+SWEEP_BATCH_MAX = 1000  # keys deleted per statement, so a sweep never holds locks for long
+SWEEP_BATCHES_MAX = 100  # statements per sweep; the rest waits for the next one
+
+
+async def sweep_expired_keys(pool: asyncpg.Pool) -> int:
+    """Delete idempotency keys past their retention; return how many went."""
+    deleted = 0
+    for _ in range(SWEEP_BATCHES_MAX):
+        status = await pool.execute(Q.delete_expired_idempotency_keys, SWEEP_BATCH_MAX)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < SWEEP_BATCH_MAX:
+            break
+    return deleted
+
+
+async def sweep_forever(pool: asyncpg.Pool, interval_s: float) -> None:
+    """Sweep every interval_s until cancelled; a failed sweep is logged and tried again later."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            deleted = await sweep_expired_keys(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("idempotency_sweep_failed", error=type(error).__name__)
+            continue
+        if deleted:
+            log.info("idempotency_keys_expired", deleted=deleted)

@@ -1,0 +1,125 @@
+"""The three tiers, their IETF headers, and what a replay is charged."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from payments.settings import RateLimit, Settings
+from tests.api.conftest import serving
+from tests.api.users import new_user, send
+
+POLICY = re.compile(r'^"(\w+)";q=(\d+);w=(\d+)$')
+STATE = re.compile(r'^"(\w+)";r=(\d+);t=(\d+)$')
+
+
+def budgets(response: httpx.Response) -> dict[str, tuple[int, int, int, int]]:
+    """tier -> (quota, window, remaining, reset) from RateLimit-Policy and RateLimit."""
+    policies = [
+        POLICY.match(part.strip()) for part in response.headers["ratelimit-policy"].split(",")
+    ]
+    states = [STATE.match(part.strip()) for part in response.headers["ratelimit"].split(",")]
+    assert all(policies) and all(states), response.headers
+    result = {}
+    for policy, state in zip(policies, states, strict=True):
+        assert policy is not None and state is not None
+        assert policy.group(1) == state.group(1)
+        result[policy.group(1)] = (
+            int(policy.group(2)),
+            int(policy.group(3)),
+            int(state.group(2)),
+            int(state.group(3)),
+        )
+    return result
+
+
+def tight(settings: Settings, **limits: tuple[int, int]) -> Settings:
+    return settings.model_copy(update={
+        f"rate_limit_{tier}": RateLimit(name=tier, count=count, period_s=period)
+        for tier, (count, period) in limits.items()
+    })  # fmt: skip
+
+
+async def test_the_global_tier_counts_down_then_refuses(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user = await new_user(client)
+    async with serving(tight(settings, **{"global": (5, 60)})) as http:
+        seen = []
+        for _ in range(5):
+            response = await http.get("/api/v1/accounts", headers=user.auth)
+            assert response.status_code == 200
+            seen.append(budgets(response)["global"])
+        assert [remaining for _, _, remaining, _ in seen] == [4, 3, 2, 1, 0]
+        assert all((quota, window) == (5, 60) for quota, window, _, _ in seen)
+        refused = await http.get("/api/v1/accounts", headers=user.auth)
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "rate_limited"
+        assert refused.json()["tier"] == "global"
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 12  # one request frees every 60 / 5 = 12 s
+        assert budgets(refused)["global"][2:] == (0, retry_after)
+
+
+async def test_health_and_ready_are_not_limited(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with serving(tight(settings, **{"global": (1, 60)})) as http:
+        for _ in range(3):
+            response = await http.get("/api/v1/health")
+            assert response.status_code == 200
+            assert "ratelimit" not in response.headers
+
+
+async def test_the_auth_tier_is_per_client_address(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user = await new_user(client)
+    body = {"email": user.email, "password": "wrong password"}
+    limited = tight(settings, auth=(3, 60))
+    async with serving(limited, "10.0.0.1") as http:
+        codes = [(await http.post("/api/v1/auth/login", json=body)).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        refused = await http.post("/api/v1/auth/login", json=body)
+        assert set(budgets(refused)) == {"global", "auth"}
+        assert budgets(refused)["auth"][2] == 0
+    async with serving(limited, "10.0.0.2") as http:
+        assert (await http.post("/api/v1/auth/login", json=body)).status_code == 401
+
+
+async def test_anonymous_requests_count_against_the_global_tier_per_address(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with serving(tight(settings, **{"global": (2, 60)}), "10.0.0.3") as http:
+        body = {"email": "nobody@example.com", "password": "x"}
+        codes = [(await http.post("/api/v1/auth/login", json=body)).status_code for _ in range(3)]
+        assert codes == [401, 401, 429]
+
+
+async def test_the_transfer_tier_spares_replays(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    async with serving(tight(settings, transfer=(2, 60))) as http:
+        first = await send(http, alice, bob.account_number, "1.00", key="t1")
+        assert budgets(first)["transfer"][2] == 1
+        await send(http, alice, bob.account_number, "1.00", key="t2")
+        refused = await send(http, alice, bob.account_number, "1.00", key="t3")
+        assert (refused.status_code, refused.json()["tier"]) == (429, "transfer")
+        # A retry of a transfer that went through is served, even with the tier spent.
+        replay = await send(http, alice, bob.account_number, "1.00", key="t1")
+        assert replay.status_code == 201
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert budgets(replay)["transfer"][2] == 0
+        # The refused one stored nothing: once the tier has room, the same key runs.
+        reads = await http.get("/api/v1/transactions", headers=alice.auth)
+        assert "transfer" not in budgets(reads)
+
+
+async def test_a_401_carries_no_budget(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/accounts", headers={"Authorization": "Bearer nonsense"})
+    assert response.status_code == 401
+    assert "ratelimit" not in response.headers
+    assert "ratelimit-policy" not in response.headers

@@ -1,0 +1,77 @@
+"""The real server with WORKERS=2: limits and idempotency hold across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from payments.embedded import free_port
+from payments.settings import Settings
+from tests.api.users import new_user
+from tests.books import transfer_count
+
+SERVER_START_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def two_workers(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(tmp_path),
+        "PORT": str(port), "WORKERS": "2", "LOG_LEVEL": "warning",
+        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m",
+    }  # fmt: skip
+    server = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base_url}/api/v1/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the server did not become ready")
+        yield base_url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+
+
+async def test_limits_and_keys_hold_across_two_processes(
+    client: httpx.AsyncClient, db: asyncpg.Pool, two_workers: str
+) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+
+    async def one(request: httpx.Request) -> httpx.Response:
+        async with httpx.AsyncClient(
+            base_url=two_workers, timeout=10
+        ) as fresh:  # a connection each
+            return await fresh.send(request)
+
+    body = {"to_account_number": bob.account_number, "amount": "1.00"}
+    headers = {**alice.auth, "Idempotency-Key": "across"}
+    moves = await asyncio.gather(*(one(httpx.Request("POST", f"{two_workers}/api/v1/transactions",
+                                                     json=body, headers=headers)) for _ in range(10)))  # fmt: skip
+    assert {r.status_code for r in moves} <= {201, 409}
+    assert await transfer_count(db) == 1
+
+    reads = await asyncio.gather(*(one(httpx.Request("GET", f"{two_workers}/api/v1/accounts",
+                                                     headers=alice.auth)) for _ in range(30)))  # fmt: skip
+    statuses = sorted(r.status_code for r in reads)
+    assert statuses == [200] * 20 + [429] * 10  # 30 per minute in all, 10 of them spent above
