@@ -35,3 +35,7 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.layers
