@@ -122,6 +122,22 @@ BEGIN
            (move_money.transfer_id, p_target_id, 'credit', p_amount_minor, v_target_after);
 END $$;
 
+-- The answer to a request that called move_money: 201 with the new transaction and the users
+-- whose books changed, or the problem move_money named.
+CREATE FUNCTION money_answer(p_transfer_id bigint, p_problem text, p_detail text,
+                             OUT status int, OUT body text, OUT parties bigint[])
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    parties := ARRAY[]::bigint[];
+    IF p_problem IS NOT NULL THEN
+        SELECT b.status, b.body INTO status, body FROM business_problem(p_problem, p_detail) b;
+    ELSE
+        status := 201;
+        SELECT t.body::text, ARRAY[t.source_user_id, t.target_user_id] INTO body, parties
+          FROM transfer_out t WHERE t.id = p_transfer_id;
+    END IF;
+END $$;
+
 -- POST /transactions. The source is the caller's account named by p_from_number, or else the
 -- caller's account in the transfer's currency (which defaults to the recipient's). p_amount is a
 -- plain decimal already checked at the edge, but for its decimals when the currency was not named:
@@ -133,23 +149,20 @@ CREATE FUNCTION transfer_funds(
     OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_claim record;
+    v_key_id bigint;
     v_target record;
     v_source_id bigint;
     v_currency text;
     v_exponent smallint;
     v_moved record;
 BEGIN
-    SELECT * INTO v_claim FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
-    status := v_claim.status;
-    body := v_claim.body;
-    replayed := v_claim.replayed;
-    stored := v_claim.replayed;
-    parties := ARRAY[]::bigint[];
-    IF v_claim.key_id IS NULL THEN
+    -- A replayed answer was stored; so is the answer of a fresh claim, unless refused below.
+    SELECT c.key_id, c.status, c.body, c.replayed, c.replayed OR c.key_id IS NOT NULL, '{}'
+      INTO v_key_id, status, body, replayed, stored, parties
+      FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s) c;
+    IF v_key_id IS NULL THEN
         RETURN;
     END IF;
-    stored := true;
 
     SELECT a.id, a.currency INTO v_target FROM account a
      WHERE a.account_number = p_to_number AND a.kind = 'customer';
@@ -160,7 +173,7 @@ BEGIN
         v_currency := coalesce(p_currency, v_target.currency);
         v_exponent := (SELECT c.exponent FROM currency c WHERE c.code = v_currency);
         IF scale(p_amount::numeric) > v_exponent THEN
-            DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
+            DELETE FROM idempotency_key k WHERE k.id = v_key_id;  -- refused, not run
             stored := false;
             status := 422;
             body := json_build_object(
@@ -194,17 +207,11 @@ BEGIN
         SELECT * INTO v_moved FROM move_money(v_source_id, v_target.id,
                                                (p_amount::numeric * 10::numeric ^ v_exponent)::bigint,
                                                v_currency,
-                                               'transfer', p_description, NULL, v_claim.key_id);
-        IF v_moved.problem IS NOT NULL THEN
-            SELECT b.status, b.body INTO status, body
-              FROM business_problem(v_moved.problem, v_moved.detail) b;
-        ELSE
-            status := 201;
-            SELECT t.body::text, ARRAY[t.source_user_id, t.target_user_id] INTO body, parties
-              FROM transfer_out t WHERE t.id = v_moved.transfer_id;
-        END IF;
+                                               'transfer', p_description, NULL, v_key_id);
+        SELECT a.status, a.body, a.parties INTO status, body, parties
+          FROM money_answer(v_moved.transfer_id, v_moved.problem, v_moved.detail) a;
     END IF;
-    PERFORM finish_idempotency_key(v_claim.key_id, status, body);
+    PERFORM finish_idempotency_key(v_key_id, status, body);
 END $$;
 
 -- POST /transactions/{id}/reverse: the recipient (or an admin) sends the amount back. The sender
@@ -215,20 +222,17 @@ CREATE FUNCTION reverse_transfer(
     OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_claim record;
+    v_key_id bigint;
     v_original record;
     v_moved record;
 BEGIN
-    SELECT * INTO v_claim FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
-    status := v_claim.status;
-    body := v_claim.body;
-    replayed := v_claim.replayed;
-    stored := v_claim.replayed;
-    parties := ARRAY[]::bigint[];
-    IF v_claim.key_id IS NULL THEN
+    -- A replayed answer was stored; so is the answer of a fresh claim, unless refused below.
+    SELECT c.key_id, c.status, c.body, c.replayed, c.replayed OR c.key_id IS NOT NULL, '{}'
+      INTO v_key_id, status, body, replayed, stored, parties
+      FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s) c;
+    IF v_key_id IS NULL THEN
         RETURN;
     END IF;
-    stored := true;
 
     -- Locking the original makes a second, concurrent reversal wait, then see the first.
     SELECT t.id, t.kind, t.amount_minor, t.currency, t.source_account_id, t.target_account_id,
@@ -257,17 +261,11 @@ BEGIN
         SELECT * INTO v_moved FROM move_money(
             v_original.target_account_id, v_original.source_account_id, v_original.amount_minor,
             v_original.currency, 'reversal', format('Reversal of transaction %s', v_original.id),
-            v_original.id, v_claim.key_id);
-        IF v_moved.problem IS NOT NULL THEN
-            SELECT b.status, b.body INTO status, body
-              FROM business_problem(v_moved.problem, v_moved.detail) b;
-        ELSE
-            status := 201;
-            SELECT t.body::text, ARRAY[t.source_user_id, t.target_user_id] INTO body, parties
-              FROM transfer_out t WHERE t.id = v_moved.transfer_id;
-        END IF;
+            v_original.id, v_key_id);
+        SELECT a.status, a.body, a.parties INTO status, body, parties
+          FROM money_answer(v_moved.transfer_id, v_moved.problem, v_moved.detail) a;
     END IF;
-    PERFORM finish_idempotency_key(v_claim.key_id, status, body);
+    PERFORM finish_idempotency_key(v_key_id, status, body);
 END $$;
 
 -- POST /accounts: a further account, in another currency, opening at zero. The key is optional.
@@ -276,21 +274,17 @@ CREATE FUNCTION open_account(
     OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_claim record;
     v_key_id bigint;
     v_account_id bigint;
 BEGIN
     replayed := false;
-    stored := p_key IS NOT NULL;
-    parties := ARRAY[]::bigint[];
+    stored := false;
+    parties := '{}';
     IF p_key IS NOT NULL THEN
-        SELECT * INTO v_claim FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
-        v_key_id := v_claim.key_id;
+        SELECT c.key_id, c.status, c.body, c.replayed, c.replayed OR c.key_id IS NOT NULL
+          INTO v_key_id, status, body, replayed, stored
+          FROM claim_idempotency_key(p_user_id, p_key, p_fingerprint, p_key_ttl_s) c;
         IF v_key_id IS NULL THEN
-            status := v_claim.status;
-            body := v_claim.body;
-            replayed := v_claim.replayed;
-            stored := v_claim.replayed;
             RETURN;
         END IF;
     END IF;
