@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -20,6 +22,9 @@ from payments.seed import seed
 from payments.settings import Settings, SettingsError
 
 COMMANDS = ("run", "serve", "migrate", "seed")
+# Named here rather than imported from payments.metrics: importing prometheus_client before the
+# variable is set would put this process's metrics in memory instead of in the shared folder.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 log = structlog.get_logger("payments")
 
 
@@ -38,6 +43,14 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level.lower(),
     )
+
+
+def prepare_metrics_directory(path: Path) -> None:
+    """Every API process writes its metrics here; a new run starts from an empty folder. Set
+    before the app (and prometheus_client) is imported, in this process and the workers."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(path.resolve())
 
 
 def exit_on_sigterm(signal_number: int, frame: object) -> None:
@@ -70,6 +83,7 @@ def main(argv: list[str]) -> int:
         if command in ("run", "seed"):
             asyncio.run(seed(settings, database_url))
         if command in ("run", "serve"):
+            prepare_metrics_directory(settings.data_dir / "metrics")
             log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
             serve(settings)
     return 0

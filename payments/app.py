@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from payments import metrics
 from payments.admission import Admitter
 from payments.db import create_pool
 from payments.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
 from payments.log import configure_logging
-from payments.maintenance import sweep_forever
+from payments.maintenance import check_ledger_forever, sample_pool_forever, sweep_forever
 from payments.middleware.auth import AuthMiddleware
 from payments.middleware.idempotency import IdempotencyMiddleware
 from payments.middleware.problem import ProblemMiddleware
@@ -34,6 +35,7 @@ from payments.services import Services
 from payments.settings import Settings
 
 API = "/api/v1"
+POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is
 
 
 def by_method(
@@ -68,6 +70,7 @@ def routes() -> list[Route]:
         ),
         Route(f"{API}/transactions/{{id}}", transfers.get_transfer, methods=["GET"]),
         Route(f"{API}/transactions/{{id}}/reverse", transfers.reverse_transfer, methods=["POST"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
     ]
 
 
@@ -109,13 +112,17 @@ def create_app(settings: Settings) -> Starlette:
         found.pool = await create_pool(settings, settings.database_url)
         found.redis = connect_redis(settings)
         found.admitter = Admitter(found.redis)
-        sweeper = asyncio.create_task(
-            sweep_forever(found.pool, settings.idempotency_sweep_interval_s)
-        )
+        housekeeping = [
+            asyncio.create_task(sweep_forever(found.pool, settings.idempotency_sweep_interval_s)),
+            asyncio.create_task(check_ledger_forever(found.pool, settings.ledger_check_interval_s)),
+            asyncio.create_task(sample_pool_forever(found.pool, POOL_SAMPLE_INTERVAL_S)),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in housekeeping:
+                task.cancel()
+            metrics.process_stopped()
             await found.redis.aclose()
             await found.pool.close()
             found.passwords.close()

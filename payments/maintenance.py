@@ -1,4 +1,5 @@
-"""Housekeeping that runs beside the API in every process: expired idempotency keys go."""
+"""Housekeeping that runs beside the API in every process: expired idempotency keys go, the
+ledger is checked, and the pool's use is sampled for /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from payments import metrics
 from payments.db import Q
 
 log = structlog.get_logger(__name__)
@@ -38,3 +40,32 @@ async def sweep_forever(pool: asyncpg.Pool, interval_s: float) -> None:
             continue
         if deleted:
             log.info("idempotency_keys_expired", deleted=deleted)
+
+
+async def check_ledger(pool: asyncpg.Pool) -> int:
+    """Count what breaks the books: a currency whose entries do not sum to zero, or an account
+    whose balance is not the sum of its entries. Each is counted and logged as an error."""
+    imbalances = await pool.fetch(Q.ledger_imbalances)
+    for row in imbalances:
+        log.error("ledger_invariant_violated", scope=row["scope"], name=row["name"],
+                  difference_minor=row["difference"])  # fmt: skip
+    metrics.LEDGER_INVARIANT_VIOLATIONS.inc(len(imbalances))
+    return len(imbalances)
+
+
+async def check_ledger_forever(pool: asyncpg.Pool, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await check_ledger(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("ledger_check_failed", error=type(error).__name__)
+
+
+async def sample_pool_forever(pool: asyncpg.Pool, interval_s: float) -> None:
+    """Connections open and in use, for payments_db_pool_connections."""
+    while True:
+        size = pool.get_size()
+        metrics.DB_POOL_CONNECTIONS.labels(state="open").set(size)
+        metrics.DB_POOL_CONNECTIONS.labels(state="in_use").set(size - pool.get_idle_size())
+        await asyncio.sleep(interval_s)

@@ -1,20 +1,82 @@
-"""Every Prometheus metric object. Labels come from closed sets: never ids or raw paths."""
+"""Every Prometheus metric object, and /metrics. Labels come from closed sets: method, route
+template, status class, tier, outcome, currency; never ids or raw paths.
+
+With several API processes, PROMETHEUS_MULTIPROC_DIR is set before any of them starts (see
+__main__.py) and each scrape adds up every process's files."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import os
 
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+HTTP_REQUESTS = Counter(
+    "payments_http_requests_total", "HTTP requests answered.", ["method", "route", "status_class"]
+)
+HTTP_DURATION = Histogram(
+    "payments_http_request_duration_seconds", "Time to answer an HTTP request.", ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)  # fmt: skip
+HTTP_IN_FLIGHT = Gauge(
+    "payments_http_requests_in_flight", "HTTP requests being served.", multiprocess_mode="livesum"
+)
+TRANSFERS = Counter(
+    "payments_transfers_total", "Money-moving requests by outcome (created, replayed, or the problem code).",
+    ["outcome"],
+)  # fmt: skip
+AMOUNT_MOVED = Counter(
+    "payments_amount_moved_minor_total",
+    "Money moved by transfers and reversals, in minor units.",
+    ["currency"],
+)
 RATE_LIMIT_DECISIONS = Counter(
     "payments_rate_limit_decisions_total", "Rate-limit decisions by tier.", ["tier", "decision"]
 )
 IDEMPOTENCY_OUTCOMES = Counter(
     "payments_idempotency_outcomes_total",
-    "Requests with an Idempotency-Key by outcome (new, replayed, in_use, reused).",
+    "Requests with an Idempotency-Key by outcome (new, replay, in_use, reused, unknown).",
     ["outcome"],
 )
 CACHE_LOOKUPS = Counter("payments_cache_lookups_total", "Response cache lookups.", ["result"])
 REDIS_FALLBACKS = Counter(
-    "payments_redis_fallbacks_total",
-    "Requests served without Redis because it did not answer, by layer.",
+    "payments_redis_fallbacks_total", "Requests served without Redis because it did not answer, by layer.",
     ["layer"],
+)  # fmt: skip
+DB_POOL_CONNECTIONS = Gauge(
+    "payments_db_pool_connections", "PostgreSQL connections held by the pools, by state.", ["state"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
+LEDGER_INVARIANT_VIOLATIONS = Counter(
+    "payments_ledger_invariant_violations_total",
+    "Currencies whose entries do not sum to zero, or balances that are not the sum of their entries, "
+    "found by the periodic check. Must stay 0.",
 )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format: this process's metrics, or every process's in multiprocess mode."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def process_stopped() -> None:
+    """Drop this process's live gauges (in-flight, pool) from the sums; its counters stay."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

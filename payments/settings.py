@@ -93,6 +93,7 @@ class Settings(BaseModel):
     idempotency_ttl_s: int = 86400
     idempotency_lock_ttl_s: int = 30  # a crashed request's in-flight marker frees its key
     idempotency_sweep_interval_s: int = 300  # how often expired durable keys are deleted
+    ledger_check_interval_s: int = 300  # how often each process checks that the books balance
     cache_ttl_s: int = 30
 
     opening_balance: str = "1000.00"

@@ -8,7 +8,10 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from payments import metrics
 
 log = structlog.get_logger("payments.request")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a client's X-Request-ID, if it is sane
@@ -38,17 +41,37 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
+        metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+            duration_s = time.perf_counter() - started_at
+            route = route_template(scope)
+            metrics.HTTP_REQUESTS.labels(scope["method"], route, f"{status // 100}xx").inc()
+            metrics.HTTP_DURATION.labels(scope["method"], route).observe(duration_s)
             principal = scope.get("payments.principal")
             log.info(
                 "request_finished",
                 method=scope["method"],
-                route=scope.get("payments.route", "unmatched"),
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started_at) * 1000, 2),
+                duration_ms=round(duration_s * 1000, 2),
                 principal_id=principal.user_id if principal else None,
                 idempotency=scope.get("payments.idempotency_outcome"),
                 rate_limit_tier=scope.get("payments.rate_limit_tier"),
             )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (/api/v1/transactions/{id}), never the raw path. Requests
+    answered before routing (401, 429, replays) are matched here; anything else is one label."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(app, "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match != Match.NONE:
+                route = candidate
+                break
+    return str(getattr(route, "path", "unmatched"))

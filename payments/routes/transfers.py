@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments import db
+from payments import db, metrics
 from payments.db import Q
 from payments.errors import NOT_FOUND, ApiError
 from payments.idempotency import IdempotencyRequest, answer_response
-from payments.models import TransferIn, check_amount, check_currency, validate_body
+from payments.models import TransferIn, check_amount, check_currency, to_minor_units, validate_body
 from payments.pagination import decode_cursor, encode_cursor, page_limit
 from payments.routes import body_of, page_response, path_id, principal_of
 from payments.services import services
@@ -30,7 +33,23 @@ async def create_transfer(request: Request) -> Response:
         found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
         amount, currency, command.description,
     ))  # fmt: skip
+    record_outcome(row)
     return answer_response(request.scope, row)
+
+
+def record_outcome(row: asyncpg.Record) -> None:
+    """payments_transfers_total by outcome, and the amount moved per currency."""
+    if row["replayed"]:
+        metrics.TRANSFERS.labels(outcome="replayed").inc()
+        return
+    body = json.loads(row["body"])
+    if row["status"] != 201:
+        metrics.TRANSFERS.labels(outcome=body["code"]).inc()
+        return
+    metrics.TRANSFERS.labels(outcome="created").inc()
+    metrics.AMOUNT_MOVED.labels(currency=body["currency"]).inc(
+        to_minor_units(body["amount"], body["currency"])
+    )
 
 
 async def list_transfers(request: Request) -> Response:
@@ -72,4 +91,5 @@ async def reverse_transfer(request: Request) -> Response:
         Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, transfer_id,
     ))  # fmt: skip
+    record_outcome(row)
     return answer_response(request.scope, row)

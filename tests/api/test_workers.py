@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from payments.embedded import free_port
 from payments.settings import Settings
@@ -75,3 +76,32 @@ async def test_limits_and_keys_hold_across_two_processes(
                                                      headers=alice.auth)) for _ in range(30)))  # fmt: skip
     statuses = sorted(r.status_code for r in reads)
     assert statuses == [200] * 20 + [429] * 10  # 30 per minute in all, 10 of them spent above
+
+
+async def test_metrics_add_up_both_processes(
+    client: httpx.AsyncClient, two_workers: str, tmp_path: Path
+) -> None:
+    """Requests spread over two processes; one scrape, served by either, counts all of them."""
+    alice = await new_user(client, "alice")
+
+    async def read() -> int:
+        async with httpx.AsyncClient(
+            base_url=two_workers, timeout=10
+        ) as fresh:  # a connection each
+            return (await fresh.get("/api/v1/accounts", headers=alice.auth)).status_code
+
+    statuses = await asyncio.gather(*(read() for _ in range(24)))
+    assert statuses == [200] * 24
+    async with httpx.AsyncClient(base_url=two_workers, timeout=10) as fresh:
+        scraped = (await fresh.get("/metrics")).text
+    counted = sum(
+        sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "payments_http_requests_total"
+        and sample.labels == {"method": "GET", "route": "/api/v1/accounts", "status_class": "2xx"}
+    )
+    assert counted == 24
+    assert len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2, (
+        "each process keeps its own file"
+    )
