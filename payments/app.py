@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from payments import metrics
 from payments.admission import Admitter
@@ -29,7 +29,7 @@ from payments.middleware.problem import ProblemMiddleware
 from payments.middleware.rate_limit import RateLimitMiddleware
 from payments.middleware.request_context import RequestContextMiddleware
 from payments.middleware.response_cache import ResponseCacheMiddleware
-from payments.routes import accounts, auth, health, transfers
+from payments.routes import accounts, auth, docs, health, transfers
 from payments.security import AccessTokens, Passwords
 from payments.services import Services
 from payments.settings import Settings
@@ -71,6 +71,8 @@ def routes() -> list[Route]:
         Route(f"{API}/transactions/{{id}}", transfers.get_transfer, methods=["GET"]),
         Route(f"{API}/transactions/{{id}}/reverse", transfers.reverse_transfer, methods=["POST"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.yaml", docs.openapi_document, methods=["GET"]),
+        Route("/docs", docs.docs_page, methods=["GET"]),
     ]
 
 
@@ -136,7 +138,7 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(ResponseCacheMiddleware, services=found),  # cached reads, invalidation
     ]
     app = Starlette(
-        routes=routes(),
+        routes=[*routes(), Mount(docs.ASSETS_PREFIX, app=docs.docs_assets())],
         middleware=middleware,
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_error},
         lifespan=lifespan,

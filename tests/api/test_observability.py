@@ -108,3 +108,17 @@ async def test_no_secret_reaches_a_log_line(client: httpx.AsyncClient) -> None:
     for secret in (secret_password, PASSWORD, user.token, user.refresh_token, refreshed["access_token"],
                    refreshed["refresh_token"], user.token.split(".")[2], "Bearer "):  # fmt: skip
         assert secret not in text
+
+
+async def test_the_contract_and_its_docs_are_served_offline(client: httpx.AsyncClient) -> None:
+    document = await client.get("/openapi.yaml")
+    assert document.status_code == 200
+    assert document.text.startswith("openapi: 3.0.3")
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert 'url: "/openapi.yaml"' in page.text
+    assert "http" not in page.text.split("<body>", 1)[1]  # every asset from this service
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        served = await client.get(f"/docs/assets/{asset}")
+        assert served.status_code == 200
+        assert len(served.content) > 1000
