@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -24,18 +25,21 @@ from tests.books import transfer_count
 SERVER_START_TIMEOUT_S = 30.0
 
 
-@pytest.fixture
-def two_workers(settings: Settings, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def server(
+    settings: Settings, data_dir: Path, *, workers: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m payments serve` against the tests' database and Redis, until the block ends."""
     port = free_port()
     environment = {
         **os.environ,
         "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
-        "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(tmp_path),
-        "PORT": str(port), "WORKERS": "2", "LOG_LEVEL": "warning",
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(data_dir),
+        "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning",
         "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m",
     }  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=data_dir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -47,10 +51,17 @@ def two_workers(settings: Settings, tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.2)
         else:
             raise RuntimeError("the server did not become ready")
-        yield base_url
+        yield base_url, process
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(15)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(15)
+
+
+@pytest.fixture
+def two_workers(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    with server(settings, tmp_path, workers=2) as (base_url, _):
+        yield base_url
 
 
 async def test_limits_and_keys_hold_across_two_processes(
@@ -105,3 +116,34 @@ async def test_metrics_add_up_both_processes(
     assert len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2, (
         "each process keeps its own file"
     )
+
+
+async def test_sigterm_lets_transfers_in_flight_commit_and_answer(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """Transfers wait on a row lock when SIGTERM arrives; the server stops taking requests, lets
+    them finish, answers them, then exits. Every 201 is in the books; nothing is half done."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    with server(settings, tmp_path, workers=1) as (base_url, process):
+        async with db.acquire() as blocker:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute(
+                "SELECT 1 FROM account WHERE account_number = $1 FOR UPDATE", bob.account_number
+            )
+            async with httpx.AsyncClient(base_url=base_url, timeout=20) as http:
+                in_flight = [
+                    asyncio.create_task(http.post("/api/v1/transactions", headers={**alice.auth, "Idempotency-Key": f"t{n}"},
+                                                  json={"to_account_number": bob.account_number, "amount": "1.00"}))
+                    for n in range(5)
+                ]  # fmt: skip
+                await asyncio.sleep(0.5)  # all five are waiting on the lock in PostgreSQL
+                process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                await transaction.rollback()
+                answers = await asyncio.gather(*in_flight, return_exceptions=True)
+        assert process.wait(15) == 0
+    statuses = [a.status_code for a in answers if isinstance(a, httpx.Response)]
+    assert statuses == [201] * 5
+    assert await transfer_count(db) == 5
