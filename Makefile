@@ -39,3 +39,8 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.layers
+
+.PHONY: docs-check
+docs-check: $(STAMP)
+	$(BIN)/pytest -q tests/api/test_docs_browser.py
+	$(BIN)/python -m tests.docs_check

@@ -1,0 +1,52 @@
+"""The real service in a process of its own, serving the tests' database and Redis over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from payments.embedded import free_port
+from payments.settings import Settings
+
+SERVER_START_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def server(
+    settings: Settings, data_dir: Path, *, workers: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m payments serve` against the tests' database and Redis, until the block ends."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(data_dir),
+        "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning",
+        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m",
+    }  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=data_dir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base_url}/api/v1/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the server did not become ready")
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(15)
