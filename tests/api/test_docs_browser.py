@@ -35,9 +35,5 @@ def test_docs_render_every_operation(settings: Settings, tmp_path: Path) -> None
     paths = yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))["paths"]
     with server(settings, tmp_path, workers=1) as (base_url, _):
         dom = render(f"{base_url}/docs", tmp_path / "profile", "--dump-dom")
-    assert "swagger-ui" in dom
-    for path in paths:
-        assert (
-            f">{path.replace('/', '&ZeroWidthSpace;/')[len('&ZeroWidthSpace;') :]}<" in dom
-            or path in dom
-        ), path
+    rendered = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
+    assert rendered == set(paths)
