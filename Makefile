@@ -44,3 +44,7 @@ bench: $(STAMP)
 docs-check: $(STAMP)
 	$(BIN)/pytest -q tests/api/test_docs_browser.py
 	$(BIN)/python -m tests.docs_check
+
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz

@@ -21,7 +21,7 @@ SERVER_START_TIMEOUT_S = 30.0
 
 @contextmanager
 def server(
-    settings: Settings, data_dir: Path, *, workers: int
+    settings: Settings, data_dir: Path, *, workers: int, **variables: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m payments serve` against the tests' database and Redis, until the block ends."""
     port = free_port()
@@ -30,7 +30,7 @@ def server(
         "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
         "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(data_dir),
         "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning",
-        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m",
+        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m", **variables,
     }  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=data_dir,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -175,7 +175,13 @@ async def test_history_pages_newest_first(client: httpx.AsyncClient) -> None:
             break
     opening = seen[-1]
     assert seen == [incoming, *reversed(ids), opening]
-    for bad in ({"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"cursor": "forged"}):
+    for bad in (
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "x"},
+        {"cursor": "forged"},
+        {"cursor": ""},
+    ):
         response = await client.get("/api/v1/transactions", params=bad, headers=alice.auth)
         assert response.status_code == 422, bad
         assert response.json()["code"] == "validation_error"
