@@ -16,10 +16,15 @@ from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count
 
 
-def in_flight(user: User, key: str, body: dict[str, object]) -> tuple[str, str]:
-    return redis_keys.idempotency(user.user_id, key), fingerprint(
-        "POST", "/api/v1/transactions", body
-    ).hex()
+async def plant_marker(
+    redis: Redis, user: User, key: str, body: dict[str, object], ttl_ms: int
+) -> None:
+    """The in-flight marker a request with this key and body leaves while it runs."""
+    redis_key = redis_keys.idempotency(user.user_id, key)
+    await redis.hset(
+        redis_key, "fingerprint", fingerprint("POST", "/api/v1/transactions", body).hex()
+    )
+    await redis.pexpire(redis_key, ttl_ms)
 
 
 async def test_a_key_in_flight_is_409_and_another_body_422(
@@ -28,9 +33,7 @@ async def test_a_key_in_flight_is_409_and_another_body_422(
     alice = await new_user(client, "alice")
     bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "3.00"}
-    redis_key, fingerprint_hex = in_flight(alice, "running", body)
-    await redis.hset(redis_key, "fingerprint", fingerprint_hex)
-    await redis.pexpire(redis_key, 30_000)
+    await plant_marker(redis, alice, "running", body, ttl_ms=30_000)
     busy = await send(client, alice, bob.account_number, "3.00", key="running")
     assert (busy.status_code, busy.json()["code"]) == (409, "idempotency_key_in_use")
     assert busy.headers["retry-after"] == "1"
@@ -46,9 +49,7 @@ async def test_a_stale_marker_frees_the_key(
     alice = await new_user(client, "alice")
     bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "3.00"}
-    redis_key, fingerprint_hex = in_flight(alice, "crashed", body)
-    await redis.hset(redis_key, "fingerprint", fingerprint_hex)
-    await redis.pexpire(redis_key, 150)
+    await plant_marker(redis, alice, "crashed", body, ttl_ms=150)
     await asyncio.sleep(0.3)
     response = await send(client, alice, bob.account_number, "3.00", key="crashed")
     assert response.status_code == 201
