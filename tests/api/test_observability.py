@@ -122,3 +122,21 @@ async def test_the_contract_and_its_docs_are_served_offline(client: httpx.AsyncC
         served = await client.get(f"/docs/assets/{asset}")
         assert served.status_code == 200
         assert len(served.content) > 1000
+
+
+async def test_the_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as captured:
+        mine = await client.get("/api/v1/health", headers={"X-Request-ID": "trace-42.a:b"})
+        odd = await client.get("/api/v1/health", headers={"X-Request-ID": "no spaces allowed"})
+        none = await client.get("/api/v1/nothing")
+    assert mine.headers["x-request-id"] == "trace-42.a:b"
+    assert len(odd.headers["x-request-id"]) == 32
+    assert odd.headers["x-request-id"] != none.headers["x-request-id"]
+    logged = [entry["request_id"] for entry in captured if entry["event"] == "request_finished"]
+    assert logged == [
+        mine.headers["x-request-id"],
+        odd.headers["x-request-id"],
+        none.headers["x-request-id"],
+    ]
