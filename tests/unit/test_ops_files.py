@@ -1,0 +1,160 @@
+"""The Docker stack's files: compose.yaml, Prometheus's scrape config and the Grafana dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from payments import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_PATH = ROOT / "compose.yaml"
+PROMETHEUS_PATH = ROOT / "ops" / "prometheus" / "prometheus.yml"
+DASHBOARDS = ROOT / "ops" / "grafana" / "dashboards"
+DATASOURCE_UID = "prometheus"
+SERVICES = {"postgres", "redis", "api", "prometheus", "grafana"}
+METRIC_NAME = re.compile(r"\bpayments_[a-z_]+\b")
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = load_yaml(COMPOSE_PATH)
+    return loaded
+
+
+def bind_sources(service: dict[str, Any]) -> Iterator[str]:
+    """The host side of each bind mount: short syntax (./src:/dst[:ro]) or long (type: bind)."""
+    for volume in service.get("volumes", ()):
+        if isinstance(volume, str):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):  # otherwise a named volume
+                yield source
+        elif volume.get("type") == "bind":
+            yield volume["source"]
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Each metric's family name, and the series names /metrics exposes for it, read from the
+    metric objects themselves: a counter's family name lacks _total, a histogram's has buckets."""
+    series: dict[str, set[str]] = {}
+    for value in vars(metrics).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        for family in value.describe():
+            if family.type == "counter":
+                series[family.name] = {f"{family.name}_total"}
+            elif family.type == "histogram":
+                series[family.name] = {family.name + suffix for suffix in HISTOGRAM_SUFFIXES}
+            else:
+                series[family.name] = {family.name}
+    assert series, "payments.metrics defines no metric"
+    return series
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those inside rows."""
+    for panel in dashboard.get("panels", ()):
+        yield panel
+        yield from panel.get("panels", ())
+
+
+def dashboards() -> list[tuple[str, dict[str, Any]]]:
+    found = [
+        (path.name, json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted(DASHBOARDS.glob("*.json"))
+    ]
+    assert found, f"no dashboard in {DASHBOARDS}"
+    return found
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    return [
+        target["expr"]
+        for panel in panels(dashboard)
+        for target in panel.get("targets", ())
+        if target.get("expr")
+    ]
+
+
+def used_names(expression: str) -> set[str]:
+    return set(METRIC_NAME.findall(expression))
+
+
+def test_compose_has_the_stack_and_every_mounted_path_exists() -> None:
+    services = compose()["services"]
+    assert set(services) >= SERVICES
+    missing = [
+        f"{name}: {source}"
+        for name, service in services.items()
+        for source in bind_sources(service)
+        if not (ROOT / source).exists()
+    ]
+    assert not missing, f"compose.yaml mounts paths the repository does not have: {missing}"
+    assert (ROOT / services["api"]["build"]).is_dir()
+
+
+def test_compose_runs_two_api_workers_and_publishes_the_ports() -> None:
+    services = compose()["services"]
+    assert str(services["api"]["environment"]["WORKERS"]) == "2"
+    published = {
+        name: {str(port).split(":")[0] for port in service.get("ports", ())}
+        for name, service in services.items()
+    }
+    assert "8000" in published["api"]
+    assert "9090" in published["prometheus"]
+    assert "3000" in published["grafana"]
+    assert str(services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"]) == "true"
+
+
+def test_prometheus_scrapes_the_api_metrics() -> None:
+    config = load_yaml(PROMETHEUS_PATH)
+    scrapes = [
+        (job.get("metrics_path", "/metrics"), target)
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", ())
+        for target in static["targets"]
+    ]
+    assert ("/metrics", "api:8000") in scrapes
+
+
+def test_every_panel_uses_the_provisioned_datasource() -> None:
+    for filename, dashboard in dashboards():
+        for panel in panels(dashboard):
+            if panel.get("type") == "row":
+                continue
+            assert panel["datasource"]["uid"] == DATASOURCE_UID, (filename, panel["title"])
+            for target in panel.get("targets", ()):
+                assert target["datasource"]["uid"] == DATASOURCE_UID, (filename, panel["title"])
+
+
+def test_every_metric_in_a_panel_is_one_the_service_exports() -> None:
+    exported = set().union(*exported_series().values())
+    for filename, dashboard in dashboards():
+        found = expressions(dashboard)
+        assert found, f"{filename} has no query"
+        unknown = {name for expression in found for name in used_names(expression)} - exported
+        assert not unknown, (
+            f"{filename} queries metrics payments/metrics.py does not export: {unknown}"
+        )
+
+
+def test_every_exported_metric_has_a_panel() -> None:
+    """A metric added to payments/metrics.py gets a panel too."""
+    used = {
+        name
+        for _, d in dashboards()
+        for expression in expressions(d)
+        for name in used_names(expression)
+    }
+    unshown = {family for family, names in exported_series().items() if not names & used}
+    assert not unshown, f"no panel shows {sorted(unshown)}"
