@@ -54,6 +54,8 @@ class RateLimitMiddleware:
                 headers={"Retry-After": str(admission.retry_after_s), **budget_headers(admission)},
                 tier=admission.denied.name,
             )  # fmt: skip
+        for tier in admission.tiers:
+            metrics.RATE_LIMIT_DECISIONS.labels(tier=tier.name, decision="allowed").inc()
         headers = budget_headers(admission)
 
         async def send_with_budget(message: Message) -> None:

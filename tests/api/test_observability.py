@@ -48,6 +48,9 @@ async def test_metrics_count_requests_by_route_template_and_outcome(
     assert grew("payments_transfers_total", outcome="insufficient_funds") == 1
     assert grew("payments_amount_moved_minor_total", currency="USD") == 1234
     assert grew("payments_idempotency_outcomes_total", outcome="replay") == 1
+    # The replay passes the transfer tier too (uncharged, but not refused).
+    assert grew("payments_rate_limit_decisions_total", tier="transfer", decision="allowed") == 3
+    assert grew("payments_rate_limit_decisions_total", tier="global", decision="allowed") == 5
     post = {"method": "POST", "route": "/api/v1/transactions"}
     assert grew("payments_http_requests_total", **post, status_class="2xx") == 2
     assert grew("payments_http_requests_total", **post, status_class="4xx") == 1
