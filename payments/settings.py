@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-_DURATION = re.compile(r"^([0-9]+)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class SettingsError(ValueError):
@@ -20,9 +20,17 @@ class SettingsError(ValueError):
 
 def parse_duration_s(name: str, text: str) -> int:
     """'15m' -> 900. Durations take s, m, h or d."""
+    seconds = parse_duration(name, text)
+    if seconds < 1 or seconds != int(seconds):
+        raise SettingsError(f"{name} must be a whole number of seconds or more, like 30s or 15m")
+    return int(seconds)
+
+
+def parse_duration(name: str, text: str) -> float:
+    """'250ms' -> 0.25, '15m' -> 900.0."""
     match = _DURATION.match(text.strip())
     if match is None:
-        raise SettingsError(f"{name} must be a duration like 30s, 15m, 24h or 7d")
+        raise SettingsError(f"{name} must be a duration like 250ms, 30s, 15m, 24h or 7d")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
@@ -135,9 +143,12 @@ class Settings(BaseModel):
             ("REFRESH_TOKEN_TTL", "refresh_token_ttl_s"),
             ("IDEMPOTENCY_TTL", "idempotency_ttl_s"),
             ("CACHE_TTL", "cache_ttl_s"),
+            ("IDEMPOTENCY_LOCK_TTL", "idempotency_lock_ttl_s"),
         ):
             if env.get(variable):
                 fields[field] = parse_duration_s(variable, env[variable])
+        if env.get("REDIS_TIMEOUT"):
+            fields["redis_timeout_s"] = parse_duration("REDIS_TIMEOUT", env["REDIS_TIMEOUT"])
         for tier in ("global", "auth", "transfer"):
             variable = f"RATE_LIMIT_{tier.upper()}"
             if env.get(variable):

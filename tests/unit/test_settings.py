@@ -14,7 +14,7 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_s("X", text) == seconds
 
 
-@pytest.mark.parametrize("text", ["15", "m", "1.5h", "-1s", "10w", ""])
+@pytest.mark.parametrize("text", ["15", "m", "1.5h", "-1s", "10w", "", "500ms", "0s"])
 def test_bad_durations_name_the_variable(text: str) -> None:
     with pytest.raises(SettingsError, match="CACHE_TTL"):
         parse_duration_s("CACHE_TTL", text)
@@ -60,3 +60,11 @@ def test_errors_name_variables_not_values(tmp_path: Path) -> None:
     assert "s3cret" not in str(raised.value)
     with pytest.raises(SettingsError, match="RATE_LIMIT_AUTH"):
         Settings.from_environ({"RATE_LIMIT_AUTH": "ten/1m", "DATA_DIR": str(tmp_path)}, dotenv=None)
+
+
+def test_redis_timeout_and_lock_ttl(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {"REDIS_TIMEOUT": "100ms", "IDEMPOTENCY_LOCK_TTL": "5s", "DATA_DIR": str(tmp_path)},
+        dotenv=None,
+    )
+    assert (settings.redis_timeout_s, settings.idempotency_lock_ttl_s) == (0.1, 5)
