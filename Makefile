@@ -48,3 +48,7 @@ docs-check: $(STAMP)
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz
+
+.PHONY: chaos
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos

@@ -66,15 +66,16 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
 
 # Serialization failures and deadlocks: nothing happened, the statement may run again.
 RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-# The server went away or refuses connections: the request cannot be served safely now.
+# The server went away, refuses connections, or is shutting down or restarting (SQLSTATE classes
+# 08 and 57, which also holds a statement cancelled by statement_timeout): the request cannot be
+# served safely now, and a retry with the same idempotency key will be.
 UNREACHABLE = (
     OSError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.InterfaceError,
     TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
 )
 
 

