@@ -79,6 +79,10 @@ UNREACHABLE = (
 )
 
 
+# Anything the database can answer with, or fail by: the housekeeping tasks log it and go on.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 async def run(settings: Settings, operation: Callable[[], Awaitable[T]]) -> T:
     """Run one database transaction, again on serialization failure or deadlock (nothing of it
     committed), at most db_retries_max times, then 503."""

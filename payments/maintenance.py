@@ -9,7 +9,7 @@ import asyncpg
 import structlog
 
 from payments import metrics
-from payments.db import Q
+from payments.db import DB_ERRORS, Q
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ async def sweep_forever(pool: asyncpg.Pool, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
         try:
             deleted = await sweep_expired_keys(pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DB_ERRORS as error:
             log.warning("idempotency_sweep_failed", error=type(error).__name__)
             continue
         if deleted:
@@ -58,7 +58,7 @@ async def check_ledger_forever(pool: asyncpg.Pool, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
         try:
             await check_ledger(pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except DB_ERRORS as error:
             log.warning("ledger_check_failed", error=type(error).__name__)
 
 

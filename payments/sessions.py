@@ -9,17 +9,15 @@ from typing import Any
 
 import asyncpg
 import structlog
-from redis.exceptions import RedisError
 
 from payments import redis_keys
-from payments.db import Q
+from payments.admission import REDIS_ERRORS
+from payments.db import DB_ERRORS, Q
 from payments.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
 from payments.security import Principal, new_refresh_token, refresh_token_hash
 from payments.services import Services
 
 log = structlog.get_logger(__name__)
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 DENYLIST_READY_TTL_S = 86400  # each user's denylist is re-checked against PostgreSQL daily
 
 
@@ -92,11 +90,16 @@ async def end(services: Services, principal: Principal, refresh_token: str | Non
                    token_id=principal.token_id)  # fmt: skip
 
 
+def revocation_ttl_s(services: Services) -> int:
+    """How long a revocation must stay in Redis: as long as a token issued before it may live."""
+    return services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
+
+
 async def deny(
     services: Services, *, user_id: int, family_id: str, token_id: str | None = None
 ) -> None:
     """Copy a revocation that PostgreSQL already holds into Redis, where every request looks."""
-    ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
+    ttl_s = revocation_ttl_s(services)
     try:
         async with services.redis.pipeline(transaction=True) as pipe:
             pipe.set(redis_keys.revoked_family(user_id, family_id), "1", ex=ttl_s)
@@ -131,7 +134,7 @@ async def revoked_in_database(services: Services, principal: Principal) -> bool:
 async def restore_denylist(services: Services, user_id: int) -> None:
     """Copy a user's recent revocations back into Redis (after it lost them), then mark the
     user's denylist complete. Best effort: until it succeeds, PostgreSQL keeps being asked."""
-    ttl_s = services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
+    ttl_s = revocation_ttl_s(services)
     try:
         rows = await services.pool.fetch(Q.recently_revoked_families, user_id, ttl_s)
         async with services.redis.pipeline(transaction=True) as pipe:
