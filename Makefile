@@ -36,8 +36,11 @@ check: lint typecheck test
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: bench
+.PHONY: bench bench-layers
 bench: $(STAMP)
+	$(BIN)/python -m tests.bench.service
+
+bench-layers: $(STAMP)
 	$(BIN)/python -m tests.bench.layers
 
 .PHONY: docs-check

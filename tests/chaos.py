@@ -31,6 +31,7 @@ from payments.migrate import migrate
 from payments.security import AccessTokens
 from tests.api.processes import server
 from tests.conftest import make_settings
+from tests.population import FundedUser, open_funded_users
 
 ACCOUNTS = 50
 OPENING_MINOR = 100_000
@@ -58,17 +59,17 @@ class Report:
     violations: list[str] = field(default_factory=list)
 
 
-async def client(http: httpx.AsyncClient, users: list[dict[str, Any]], deadline: float,
+async def client(http: httpx.AsyncClient, users: list[FundedUser], deadline: float,
                  rng: random.Random, report: Report) -> None:  # fmt: skip
     while time.monotonic() < deadline:
         source, target = rng.sample(users, 2)
-        transfer = Transfer(uuid.uuid4().hex, source["user_id"], rng.randint(1, 5_000))
+        transfer = Transfer(uuid.uuid4().hex, source.user_id, rng.randint(1, 5_000))
         report.transfers.append(transfer)
         body = {
-            "to_account_number": target["account_number"],
+            "to_account_number": target.account_number,
             "amount": f"{transfer.amount_minor / 100:.2f}",
         }
-        headers = {"Authorization": f"Bearer {source['token']}", "Idempotency-Key": transfer.key}
+        headers = {"Authorization": f"Bearer {source.token}", "Idempotency-Key": transfer.key}
         while transfer.status is None and transfer.attempts < ATTEMPTS_MAX:
             transfer.attempts += 1
             try:
@@ -164,26 +165,6 @@ async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisSer
     report.faults.append(("PostgreSQL restarted", await until_ready(base_url, time.monotonic())))
 
 
-async def open_accounts(database_url: str, tokens: AccessTokens) -> list[dict[str, Any]]:
-    """50 users with a funded account and a session each, made directly in the database."""
-    conn = await asyncpg.connect(database_url)
-    users = []
-    try:
-        for n in range(ACCOUNTS):
-            created = await conn.fetchval(Q.register_user, f"chaos{n}@example.com", f"Chaos {n}",
-                                          "$argon2id$not-a-real-hash-000000", "USD", OPENING_MINOR)  # fmt: skip
-            assert created is not None
-            row = await conn.fetchrow("SELECT id, (SELECT account_number FROM account WHERE user_id = u.id) AS number"
-                                      " FROM app_user u WHERE email = $1", f"chaos{n}@example.com")  # fmt: skip
-            family_id = uuid.uuid4()
-            await conn.execute(Q.start_token_family, family_id, row["id"])
-            token = tokens.issue(user_id=row["id"], role="user", family_id=str(family_id)).token
-            users.append({"user_id": row["id"], "account_number": row["number"], "token": token})
-    finally:
-        await conn.close()
-    return users
-
-
 async def check_books(database_url: str, report: Report) -> dict[str, int]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -242,7 +223,13 @@ async def run(seconds: float, clients: int) -> Report:
         try:
             await migrate(database_url)
             settings = make_settings(database_url, redis.url)
-            users = await open_accounts(database_url, AccessTokens(settings))
+            users = await open_funded_users(
+                database_url,
+                AccessTokens(settings),
+                prefix="chaos",
+                count=ACCOUNTS,
+                opening_minor=OPENING_MINOR,
+            )
             high = "1000000/1m"
             with server(settings, folder, workers=2, RATE_LIMIT_GLOBAL=high, RATE_LIMIT_TRANSFER=high,
                         IDEMPOTENCY_LOCK_TTL="3s") as (base_url, process):  # fmt: skip

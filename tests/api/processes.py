@@ -21,9 +21,10 @@ SERVER_START_TIMEOUT_S = 30.0
 
 @contextmanager
 def server(
-    settings: Settings, data_dir: Path, *, workers: int, **variables: str
+    settings: Settings, data_dir: Path, *, workers: int, command: str = "serve", **variables: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m payments serve` against the tests' database and Redis, until the block ends."""
+    """`python -m payments serve` (or `run`) against the given database and Redis, until the
+    block ends."""
     port = free_port()
     environment = {
         **os.environ,
@@ -33,7 +34,7 @@ def server(
         "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m", **variables,
     }  # fmt: skip
     log = (data_dir / "server.log").open("ab")  # read it when a test fails
-    process = subprocess.Popen([sys.executable, "-m", "payments", "serve"], env=environment, cwd=data_dir,
+    process = subprocess.Popen([sys.executable, "-m", "payments", command], env=environment, cwd=data_dir,
                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     log.close()
     base_url = f"http://127.0.0.1:{port}"
