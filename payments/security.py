@@ -45,6 +45,9 @@ class IssuedAccessToken:
     expires_in_s: int
 
 
+VERIFIED_TOKENS_MAX = 10_000  # about 1 KiB each
+
+
 class AccessTokens:
     """Issue and verify access tokens. Keys are chosen by `kid`; the algorithm is never the token's."""
 
@@ -55,6 +58,10 @@ class AccessTokens:
         self.audience = settings.jwt_audience
         self.leeway_s = settings.jwt_leeway_s
         self.ttl_s = settings.access_token_ttl_s
+        # Tokens this process has verified, and their principals: a signature is checked once per
+        # token, not once per request (about 50 µs each). Only `exp` can turn a verified token
+        # invalid, and it is checked on every hit; revocation is Redis's to answer (admission.py).
+        self.verified: dict[str, Principal] = {}
 
     def issue(self, *, user_id: int, role: str, family_id: str) -> IssuedAccessToken:
         now = int(time.time())
@@ -70,6 +77,16 @@ class AccessTokens:
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; 401 invalid_token for anything else."""
+        principal = self.verified.get(token)
+        if principal is not None and time.time() <= principal.expires_at + self.leeway_s:
+            return principal
+        principal = self.verify_signature(token)
+        if len(self.verified) >= VERIFIED_TOKENS_MAX:
+            self.verified.clear()  # the next requests verify again; memory stays bounded
+        self.verified[token] = principal
+        return principal
+
+    def verify_signature(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
             key = self.keys.get(header.get("kid", ""))

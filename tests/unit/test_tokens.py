@@ -1,0 +1,51 @@
+"""Access tokens: a verified token is remembered, but never past its expiry."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from jose import jwt
+from pydantic import SecretStr
+
+from payments import security
+from payments.errors import ApiError
+from payments.security import AccessTokens
+from payments.settings import Settings
+
+SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40))
+
+
+def test_a_remembered_token_still_expires() -> None:
+    """A token remembered while it was valid is refused once its `exp` (and leeway) has passed."""
+    tokens = AccessTokens(SETTINGS)
+    token = tokens.issue(user_id=7, role="user", family_id="f").token
+    assert tokens.verify(token).user_id == 7
+    assert token in tokens.verified
+
+    expired_at = int(time.time()) - SETTINGS.jwt_leeway_s - 1
+    claims = {**jwt.get_unverified_claims(token), "exp": expired_at}
+    expired = jwt.encode(claims, SETTINGS.jwt_secret.get_secret_value(),
+                         headers={"kid": SETTINGS.jwt_key_id, "typ": "at+jwt"})  # fmt: skip
+    tokens.verified[expired] = dataclasses.replace(tokens.verified[token], expires_at=expired_at)
+    with pytest.raises(ApiError) as refused:
+        tokens.verify(expired)
+    assert refused.value.problem.code == "invalid_token"
+
+
+def test_a_token_altered_by_one_character_is_not_taken_from_memory() -> None:
+    tokens = AccessTokens(SETTINGS)
+    token = tokens.issue(user_id=7, role="user", family_id="f").token
+    tokens.verify(token)
+    with pytest.raises(ApiError):
+        tokens.verify(token[:-1] + ("A" if token[-1] != "A" else "B"))
+
+
+def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(security, "VERIFIED_TOKENS_MAX", 3)
+    tokens = AccessTokens(SETTINGS)
+    issued = [tokens.issue(user_id=n, role="user", family_id="f").token for n in range(1, 6)]
+    for token in issued:
+        assert tokens.verify(token).user_id == issued.index(token) + 1
+        assert len(tokens.verified) <= 3
