@@ -94,6 +94,7 @@ class Settings(BaseModel):
     argon2_parallelism: int = 1
     password_hash_threads: int = 1  # hashing runs in its own pool, off the event loop
     password_hash_queue_max: int = 32  # a login flood waits in a bounded queue, then gets 503
+    password_hash_nice: int = 19  # hashing threads yield the CPU to requests (Linux niceness)
 
     rate_limit_global: RateLimit = RateLimit(name="global", count=100, period_s=900)
     rate_limit_auth: RateLimit = RateLimit(name="auth", count=10, period_s=60)

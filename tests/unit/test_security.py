@@ -1,8 +1,12 @@
-"""Access tokens: a verified token is remembered, but never past its expiry."""
+"""Access tokens (a verified token is remembered, but never past its expiry) and password hashing."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import sys
+import threading
 import time
 
 import pytest
@@ -11,10 +15,11 @@ from pydantic import SecretStr
 
 from payments import security
 from payments.errors import ApiError
-from payments.security import AccessTokens
+from payments.security import AccessTokens, Passwords
 from payments.settings import Settings
 
-SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40))
+SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40),
+                    argon2_time_cost=1, argon2_memory_cost_kib=1024)  # fmt: skip
 
 
 def test_a_remembered_token_still_expires() -> None:
@@ -49,3 +54,16 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for token in issued:
         assert tokens.verify(token).user_id == issued.index(token) + 1
         assert len(tokens.verified) <= 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+async def test_password_hashing_runs_at_the_lower_priority_and_the_event_loop_does_not() -> None:
+    passwords = Passwords(SETTINGS)
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    in_pool = await asyncio.get_running_loop().run_in_executor(passwords.executor, niceness)
+    assert in_pool == max(SETTINGS.password_hash_nice, niceness())  # it can only be raised
+    assert SETTINGS.password_hash_nice > niceness() == 0
+    assert await passwords.verify(await passwords.hash("a password"), "a password")
