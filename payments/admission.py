@@ -3,7 +3,8 @@
 One Lua script checks the denylist, decides every rate-limit tier, looks up the idempotency key's
 fast copy (setting the in-flight marker for a new request) and reads the response cache. What the
 layers write back after the handler (the stored answer, cache fills and invalidations) is queued in
-an AfterBatch and sent as one pipeline just before the response starts.
+an AfterBatch and sent together just before the response starts. Both go through the process's
+shared connection (redis_link.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from payments import metrics, redis_keys
+from payments.redis_link import RedisLink, Script
 from payments.settings import RateLimit
 
 log = structlog.get_logger(__name__)
@@ -148,8 +149,9 @@ class Admission:
 
 
 class Admitter:
-    def __init__(self, redis: Redis) -> None:
-        self.script = redis.register_script(ADMISSION_SCRIPT)
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.script = Script(ADMISSION_SCRIPT)
 
     async def admit(self, plan: Plan) -> Admission:
         unused = f"payments:{plan.tag}:unused"
@@ -172,7 +174,7 @@ class Admitter:
                 "1" if tier.new_only else "0",
             ]
         try:
-            reply = await self.script(keys=keys, args=arguments)
+            reply = await self.link.run_script(self.script, keys, arguments)
         except REDIS_ERRORS:
             log.warning("redis_unavailable", layer="admission")
             metrics.REDIS_FALLBACKS.labels(layer="admission").inc()
@@ -221,20 +223,17 @@ class AfterBatch:
     response starts (so a write's cache invalidation lands before its client can read again)."""
 
     def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+        self.commands: list[tuple[Any, ...]] = []
 
     def add(self, command: str, *arguments: Any) -> None:
-        self.commands.append((command, arguments))
+        self.commands.append((command, *arguments))
 
-    async def send(self, redis: Redis) -> None:
+    async def send(self, link: RedisLink) -> None:
         if not self.commands:
             return
         commands, self.commands = self.commands, []
         try:
-            async with redis.pipeline(transaction=False) as pipe:
-                for command, arguments in commands:
-                    pipe.execute_command(command, *arguments)
-                await pipe.execute()
+            await link.execute(*commands)
         except REDIS_ERRORS:
             log.warning("redis_unavailable", layer="after_batch")
             metrics.REDIS_FALLBACKS.labels(layer="after_batch").inc()

@@ -29,6 +29,7 @@ from payments.middleware.problem import ProblemMiddleware
 from payments.middleware.rate_limit import RateLimitMiddleware
 from payments.middleware.request_context import RequestContextMiddleware
 from payments.middleware.response_cache import ResponseCacheMiddleware
+from payments.redis_link import RedisLink
 from payments.routes import accounts, auth, docs, health, transfers
 from payments.security import AccessTokens, Passwords
 from payments.services import Services
@@ -113,7 +114,9 @@ def create_app(settings: Settings) -> Starlette:
         assert settings.database_url is not None
         found.pool = await create_pool(settings, settings.database_url)
         found.redis = connect_redis(settings)
-        found.admitter = Admitter(found.redis)
+        assert settings.redis_url is not None
+        found.redis_link = RedisLink(settings.redis_url, settings.redis_timeout_s)
+        found.admitter = Admitter(found.redis_link)
         housekeeping = [
             asyncio.create_task(sweep_forever(found.pool, settings.idempotency_sweep_interval_s)),
             asyncio.create_task(check_ledger_forever(found.pool, settings.ledger_check_interval_s)),
@@ -125,6 +128,7 @@ def create_app(settings: Settings) -> Starlette:
             for task in housekeeping:
                 task.cancel()
             metrics.process_stopped()
+            found.redis_link.close()
             await found.redis.aclose()
             await found.pool.close()
             found.passwords.close()

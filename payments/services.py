@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from payments.admission import Admitter
+from payments.redis_link import RedisLink
 from payments.security import AccessTokens, Passwords
 from payments.settings import Settings
 
@@ -22,6 +23,7 @@ class Services:
     passwords: Passwords
     pool: asyncpg.Pool = field(init=False)
     redis: Redis = field(init=False)
+    redis_link: RedisLink = field(init=False)  # the request path's two round trips
     admitter: Admitter = field(init=False)
 
 

@@ -60,7 +60,7 @@ class RateLimitMiddleware:
 
         async def send_with_budget(message: Message) -> None:
             if message["type"] == "http.response.start":
-                await batch.send(self.services.redis)
+                await batch.send(self.services.redis_link)
                 response_headers = MutableHeaders(scope=message)
                 for name, value in headers.items():
                     response_headers[name] = value

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
+from payments import redis_link
 from tests.api.users import new_user, send
 
 
@@ -24,10 +25,11 @@ class Trips:
 @contextmanager
 def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
     """Count statements sent to PostgreSQL and packets of commands sent to Redis (a pipeline or a
-    script is one)."""
+    script is one), through redis-py or the request path's own connection (redis_link.py)."""
     trips = Trips()
     execute = asyncpg.connection.Connection._execute
     send_packed = AbstractConnection.send_packed_command
+    link_send = redis_link._Protocol.send
 
     async def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         trips.postgres += 1
@@ -37,7 +39,12 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
         trips.redis += 1
         return await send_packed(self, *args, **kwargs)
 
+    def counted_link_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.redis += 1
+        return link_send(self, *args, **kwargs)
+
     with monkeypatch.context() as patch:
+        patch.setattr(redis_link._Protocol, "send", counted_link_send)
         patch.setattr(asyncpg.connection.Connection, "_execute", counted_execute)
         patch.setattr(AbstractConnection, "send_packed_command", counted_send)
         yield trips

@@ -33,6 +33,7 @@ from payments.middleware.problem import ProblemMiddleware
 from payments.middleware.rate_limit import RateLimitMiddleware
 from payments.middleware.request_context import RequestContextMiddleware
 from payments.middleware.response_cache import ResponseCacheMiddleware
+from payments.redis_link import RedisLink
 from payments.security import AccessTokens, Passwords
 from payments.services import Services
 from payments.settings import RateLimit, Settings
@@ -122,7 +123,8 @@ async def main() -> None:
         )
         services.pool = await create_pool(settings, database_url)
         services.redis = connect_redis(settings)
-        services.admitter = Admitter(services.redis)
+        services.redis_link = RedisLink(str(settings.redis_url), settings.redis_timeout_s)
+        services.admitter = Admitter(services.redis_link)
         await services.redis.flushdb()
         token = services.tokens.issue(user_id=1, role="user", family_id=str(uuid.uuid4())).token
         await services.redis.set("payments:{u:1}:denylist-ready", "1", ex=3600)
