@@ -1,12 +1,17 @@
 -- Every application query, as "-- name: x" blocks, loaded once into payments.db.Q.
 -- Money moves only through the functions of sql/0002_money_functions.sql.
 
+-- A money function's answer, and what its metrics need from the body (read here, in C, rather
+-- than by parsing the JSON again in Python): the amount and currency moved, or the problem code.
 -- name: transfer_funds
-SELECT status, body, replayed, stored, parties
+SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
+       body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
   FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: reverse_transfer
-SELECT status, body, replayed, stored, parties FROM reverse_transfer($1, $2, $3, $4, $5, $6);
+SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
+       body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
+  FROM reverse_transfer($1, $2, $3, $4, $5, $6);
 
 -- name: open_account
 SELECT status, body, replayed, stored, parties FROM open_account($1, $2, $3, $4, $5);

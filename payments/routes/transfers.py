@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,13 +40,12 @@ def record_outcome(row: asyncpg.Record) -> None:
     if row["replayed"]:
         metrics.TRANSFERS.labels(outcome="replayed").inc()
         return
-    body = json.loads(row["body"])
     if row["status"] != 201:
-        metrics.TRANSFERS.labels(outcome=body["code"]).inc()
+        metrics.TRANSFERS.labels(outcome=row["code"]).inc()
         return
     metrics.TRANSFERS.labels(outcome="created").inc()
-    metrics.AMOUNT_MOVED.labels(currency=body["currency"]).inc(
-        to_minor_units(body["amount"], body["currency"])
+    metrics.AMOUNT_MOVED.labels(currency=row["currency"]).inc(
+        to_minor_units(row["amount"], row["currency"])
     )
 
 
