@@ -107,3 +107,20 @@ async def test_sigterm_lets_transfers_in_flight_commit_and_answer(
     statuses = [a.status_code for a in answers if isinstance(a, httpx.Response)]
     assert statuses == [201] * 5
     assert await transfer_count(db) == 5
+
+
+async def test_request_lines_reach_the_log_within_a_second_or_two(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Info lines are buffered, not lost: the periodic flush writes them while the process runs."""
+    with server(settings, tmp_path, workers=1, LOG_LEVEL="info") as (base_url, _):
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            answered = await http.get("/api/v1/health", headers={"X-Request-ID": "find-me-1"})
+        assert answered.status_code == 200
+        log = tmp_path / "server.log"
+        for _ in range(30):
+            if "find-me-1" in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        line = next(line for line in log.read_text().splitlines() if "find-me-1" in line)
+    assert '"event": "request_finished"' in line
