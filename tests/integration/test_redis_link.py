@@ -75,10 +75,14 @@ async def test_a_redis_that_stops_answering_times_out_and_the_next_call_reconnec
 
 
 async def test_a_dropped_connection_fails_its_calls_and_the_next_call_reconnects(
-    link: RedisLink, redis: Redis
+    redis_url: str, redis: Redis
 ) -> None:
-    await link.execute(("SET", "a", "1"))
-    await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    link = RedisLink(redis_url, timeout_s=5.0)
+    [client_id, _] = await link.execute(("CLIENT", "ID"), ("SET", "a", "1"))
+    waiting = asyncio.create_task(link.execute(("BLPOP", "nothing-comes", 3)))  # in flight
+    await asyncio.sleep(0.2)
+    await redis.execute_command("CLIENT", "KILL", "ID", client_id)
     with pytest.raises(ConnectionError):
-        await link.execute(("GET", "a"))
+        await waiting
     assert await link.execute(("GET", "a")) == [b"1"]
+    link.close()
