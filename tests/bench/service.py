@@ -4,7 +4,7 @@ Starts embedded PostgreSQL and Redis in `.data/bench`, opens 1,000 funded accoun
 then starts the service as `make run` does (`python -m payments run`) with rate limits raised out
 of the way, and drives each scenario with BENCH_CLIENTS keep-alive clients (32) for BENCH_SECONDS
 (15) after a short warm-up. Prints one table, and writes `bench-results/bench.json` and
-`bench-results/bench.png`. BENCH_WORKERS sets the API processes (2); BENCH_SCENARIOS=transfer,raw-sql runs only those.
+`bench-results/bench.png`. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those.
 
 raw-sql is the service's own transfer statement sent with asyncpg from here, no HTTP: the floor
 the transfer scenario is measured against. After the money scenarios the books are checked."""
@@ -326,7 +326,7 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
 def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "15"))
     clients = int(os.environ.get("BENCH_CLIENTS", "32"))
-    workers = int(os.environ.get("BENCH_WORKERS", "2"))
+    workers = int(os.environ.get("BENCH_WORKERS", str(Settings.model_fields["workers"].default)))
     try:
         import uvloop
 
