@@ -28,6 +28,28 @@ async def assert_books_balance(db: asyncpg.Pool) -> None:
     assert negative == 0
 
 
+async def book_violations(
+    conn: asyncpg.Connection, *, currency: str, customers_hold_minor: int
+) -> list[str]:
+    """What a load run must not leave behind, said in words: money created or lost (customers of
+    `currency` together must still hold what they were given), a negative balance, a ledger that
+    does not sum to zero or does not match a balance."""
+    violations = []
+    total = await conn.fetchval(
+        "SELECT sum(balance_minor) FROM account WHERE kind = 'customer' AND currency = $1", currency
+    )
+    if total != customers_hold_minor:
+        violations.append(f"money is not conserved: {total} != {customers_hold_minor}")
+    if await conn.fetchval(
+        "SELECT count(*) FROM account WHERE kind = 'customer' AND balance_minor < 0"
+    ):
+        violations.append("a balance is negative")
+    violations += [
+        f"ledger imbalance: {dict(row)}" for row in await conn.fetch(Q.ledger_imbalances)
+    ]
+    return violations
+
+
 async def balance_minor(db: asyncpg.Pool, account_number: str) -> int:
     value = await db.fetchval(
         "SELECT balance_minor FROM account WHERE account_number = $1", account_number

@@ -25,11 +25,12 @@ from typing import Any
 import asyncpg
 import httpx
 
-from payments.db import Q
 from payments.embedded import RedisServer, free_port, start_postgres, stop_postgres
 from payments.migrate import migrate
 from payments.security import AccessTokens
+from tests import procfs
 from tests.api.processes import server
+from tests.books import book_violations
 from tests.conftest import make_settings
 from tests.population import FundedUser, open_funded_users
 
@@ -100,31 +101,25 @@ async def until_ready(base_url: str, since: float) -> float:
 
 def workers_of(supervisor: int) -> list[int]:
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat[1]) == supervisor and b"spawn_main" in command and stat[0] != "Z":
-                found.append(int(entry.name))
+    for pid in procfs.pids():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = procfs.stat(pid)
+        if (
+            fields
+            and int(fields[1]) == supervisor
+            and b"spawn_main" in command
+            and fields[0] != "Z"
+        ):
+            found.append(pid)
     return found
 
 
 def client_connections(pid: int, port: int) -> int:
     """Established connections to the API's port held by one process."""
-    try:
-        inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()}
-    except OSError:
-        return 0
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        if local_port == port and fields[3] == "01" and fields[9] in inodes:
-            count += 1
-    return count
+    return len(procfs.tcp_sockets(port, procfs.ESTABLISHED) & procfs.sockets_of(pid))
 
 
 async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisServer,
@@ -168,19 +163,9 @@ async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisSer
 async def check_books(database_url: str, report: Report) -> dict[str, int]:
     conn = await asyncpg.connect(database_url)
     try:
-        total = await conn.fetchval(
-            "SELECT sum(balance_minor) FROM account WHERE kind = 'customer'"
+        report.violations += await book_violations(
+            conn, currency="USD", customers_hold_minor=ACCOUNTS * OPENING_MINOR
         )
-        if total != ACCOUNTS * OPENING_MINOR:
-            report.violations.append(
-                f"money is not conserved: {total} != {ACCOUNTS * OPENING_MINOR}"
-            )
-        if await conn.fetchval(
-            "SELECT count(*) FROM account WHERE kind = 'customer' AND balance_minor < 0"
-        ):
-            report.violations.append("a balance is negative")
-        for row in await conn.fetch(Q.ledger_imbalances):
-            report.violations.append(f"ledger imbalance: {dict(row)}")
         applied = {
             (row["principal_id"], row["key"]): row["ids"]
             for row in await conn.fetch(
