@@ -68,11 +68,16 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
 RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # The server went away, refuses connections, or is shutting down or restarting (SQLSTATE classes
 # 08 and 57, which also holds a statement cancelled by statement_timeout): the request cannot be
-# served safely now, and a retry with the same idempotency key will be.
+# served safely now, and a retry with the same idempotency key will be. InternalClientError is
+# the same event seen a moment early: when PostgreSQL shuts down, a backend's FATAL error can come
+# before its socket closes, and the pool may hand out that connection in between; asyncpg then
+# refuses to send on it (make chaos met this). Nothing was sent, and the closed connection is
+# dropped at its next release.
 UNREACHABLE = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
