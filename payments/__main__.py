@@ -15,14 +15,14 @@ from pathlib import Path
 import structlog
 import uvicorn
 
-from payments.embedded import servers
-from payments.log import configure_logging
-from payments.migrate import migrate
-from payments.seed import seed
-from payments.settings import Settings, SettingsError
+from payments.identity.seed import seed
+from payments.platform.embedded import servers
+from payments.platform.log import configure_logging
+from payments.platform.migrate import migrate
+from payments.platform.settings import Settings, SettingsError
 
 COMMANDS = ("run", "serve", "migrate", "seed")
-# Named here rather than imported from payments.metrics: importing prometheus_client before the
+# Named here rather than imported from payments.platform.metrics: importing prometheus_client before the
 # variable is set would put this process's metrics in memory instead of in the shared folder.
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 log = structlog.get_logger("payments")

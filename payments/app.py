@@ -18,23 +18,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from payments import metrics
-from payments.admission import Admitter
-from payments.db import create_pool
-from payments.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
-from payments.log import configure_logging, flush_logs_forever
-from payments.maintenance import check_ledger_forever, sample_pool_forever, sweep_forever
-from payments.middleware.auth import AuthMiddleware
-from payments.middleware.idempotency import IdempotencyMiddleware
-from payments.middleware.problem import ProblemMiddleware
-from payments.middleware.rate_limit import RateLimitMiddleware
-from payments.middleware.request_context import RequestContextMiddleware
-from payments.middleware.response_cache import ResponseCacheMiddleware
-from payments.redis_link import RedisLink
-from payments.routes import accounts, auth, docs, health, transfers
-from payments.security import AccessTokens, Passwords
+from payments.http.admission import Admitter
+from payments.http.auth import AuthMiddleware
+from payments.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
+from payments.http.idempotency_layer import IdempotencyMiddleware
+from payments.http.problem import ProblemMiddleware
+from payments.http.rate_limit import RateLimitMiddleware
+from payments.http.request_context import RequestContextMiddleware
+from payments.http.response_cache import ResponseCacheMiddleware
+from payments.identity import routes as auth
+from payments.identity.tokens import AccessTokens, Passwords
+from payments.money import accounts, transfers
+from payments.operations import docs, health
+from payments.platform import metrics
+from payments.platform.db import create_pool
+from payments.platform.housekeeping import check_ledger_forever, sample_pool_forever, sweep_forever
+from payments.platform.log import configure_logging, flush_logs_forever
+from payments.platform.redis_link import RedisLink
+from payments.platform.settings import Settings
 from payments.services import Services
-from payments.settings import Settings
 
 API = "/api/v1"
 POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is

@@ -8,10 +8,10 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from payments.admission import Admitter
-from payments.redis_link import RedisLink
-from payments.security import AccessTokens, Passwords
-from payments.settings import Settings
+from payments.http.admission import Admitter
+from payments.identity.tokens import AccessTokens, Passwords
+from payments.platform.redis_link import RedisLink
+from payments.platform.settings import Settings
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from payments.db import Q
+from payments.platform.db import Q
 
 CLEAN_TABLES = "ledger_entry, transfer, idempotency_key, refresh_token, token_family"
 

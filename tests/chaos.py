@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from payments.embedded import RedisServer, free_port, start_postgres, stop_postgres
-from payments.migrate import migrate
-from payments.security import AccessTokens
+from payments.identity.tokens import AccessTokens
+from payments.platform.embedded import RedisServer, free_port, start_postgres, stop_postgres
+from payments.platform.migrate import migrate
 from tests import procfs
 from tests.api.processes import server
 from tests.books import book_violations

@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from payments.embedded import servers
-from payments.migrate import migrate
-from payments.settings import RateLimit, Settings
+from payments.platform.embedded import servers
+from payments.platform.migrate import migrate
+from payments.platform.settings import RateLimit, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "payments_test"

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from payments.embedded import servers
+from payments.platform.embedded import servers
 from tests.api.processes import server
 from tests.api.test_docs_browser import CHROMIUM, render
 from tests.conftest import ROOT, make_settings
@@ -26,7 +26,7 @@ def main() -> int:
     ) as (database_url, redis_url):  # fmt: skip
         import asyncio
 
-        from payments.migrate import migrate
+        from payments.platform.migrate import migrate
 
         asyncio.run(migrate(database_url))
         with server(make_settings(database_url, redis_url), Path(scratch), workers=1) as (

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from payments.embedded import servers
-from payments.migrate import migrate
-from payments.seed import SEED_USERS, seed
+from payments.identity.seed import SEED_USERS, seed
+from payments.platform.embedded import servers
+from payments.platform.migrate import migrate
 from tests.api.processes import server
 from tests.conftest import ROOT, make_settings
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from payments.db import Q
-from payments.security import AccessTokens
+from payments.identity.tokens import AccessTokens
+from payments.platform.db import Q
 
 NOT_A_PASSWORD_HASH = "$argon2id$not-a-real-hash-000000"  # these users never sign in
 

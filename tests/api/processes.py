@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from payments.embedded import free_port
-from payments.settings import Settings
+from payments.platform.embedded import free_port
+from payments.platform.settings import Settings
 
 SERVER_START_TIMEOUT_S = 30.0
 

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 from redis.asyncio import Redis
 
-from payments import redis_keys
+from payments.platform import redis_keys
 from tests.api.users import new_user, send
 
 

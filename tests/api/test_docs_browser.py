@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from payments.routes.docs import OPENAPI_PATH
-from payments.settings import Settings
+from payments.operations.docs import OPENAPI_PATH
+from payments.platform.settings import Settings
 from tests.api.processes import server
 
 CHROMIUM = shutil.which("chromium")

@@ -9,9 +9,9 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from payments import redis_keys
-from payments.idempotency import fingerprint
-from payments.maintenance import sweep_expired_keys
+from payments.http.idempotency import fingerprint
+from payments.platform import redis_keys
+from payments.platform.housekeeping import sweep_expired_keys
 from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count
 

@@ -7,7 +7,7 @@ import httpx
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from payments.maintenance import check_ledger
+from payments.platform.housekeeping import check_ledger
 from tests.api.users import PASSWORD, log_in, new_user, send
 
 

@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from payments.settings import RateLimit, Settings
+from payments.platform.settings import RateLimit, Settings
 from tests.api.conftest import serving
 from tests.api.users import new_user, send
 

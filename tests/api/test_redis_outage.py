@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from payments.embedded import RedisServer, free_port
-from payments.settings import Settings
+from payments.platform.embedded import RedisServer, free_port
+from payments.platform.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import new_user, send
 from tests.books import balance_minor, transfer_count

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
-from payments import redis_link
+from payments.platform import redis_link
 from tests.api.users import new_user, send
 
 

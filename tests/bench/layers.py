@@ -22,21 +22,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from payments.admission import Admitter
 from payments.app import connect_redis
-from payments.db import create_pool
-from payments.embedded import servers
-from payments.log import configure_logging
-from payments.middleware.auth import AuthMiddleware
-from payments.middleware.idempotency import IdempotencyMiddleware
-from payments.middleware.problem import ProblemMiddleware
-from payments.middleware.rate_limit import RateLimitMiddleware
-from payments.middleware.request_context import RequestContextMiddleware
-from payments.middleware.response_cache import ResponseCacheMiddleware
-from payments.redis_link import RedisLink
-from payments.security import AccessTokens, Passwords
+from payments.http.admission import Admitter
+from payments.http.auth import AuthMiddleware
+from payments.http.idempotency_layer import IdempotencyMiddleware
+from payments.http.problem import ProblemMiddleware
+from payments.http.rate_limit import RateLimitMiddleware
+from payments.http.request_context import RequestContextMiddleware
+from payments.http.response_cache import ResponseCacheMiddleware
+from payments.identity.tokens import AccessTokens, Passwords
+from payments.platform.db import create_pool
+from payments.platform.embedded import servers
+from payments.platform.log import configure_logging
+from payments.platform.redis_link import RedisLink
+from payments.platform.settings import RateLimit, Settings
 from payments.services import Services
-from payments.settings import RateLimit, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = [

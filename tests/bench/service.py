@@ -26,11 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from payments.db import Q
-from payments.embedded import servers
-from payments.migrate import migrate
-from payments.security import AccessTokens
-from payments.settings import Settings
+from payments.identity.tokens import AccessTokens
+from payments.platform.db import Q
+from payments.platform.embedded import servers
+from payments.platform.migrate import migrate
+from payments.platform.settings import Settings
 from tests.api.processes import server
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter

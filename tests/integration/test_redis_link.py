@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 
-from payments.redis_link import RedisLink, Script
+from payments.platform.redis_link import RedisLink, Script
 
 TIMEOUT_S = 0.25
 

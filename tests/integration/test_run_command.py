@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from payments.embedded import free_port
+from payments.platform.embedded import free_port
 
 START_TIMEOUT_S = 60.0
 

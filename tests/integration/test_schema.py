@@ -12,9 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from payments.db import Q
-from payments.errors import CATALOG
-from payments.migrate import SQL_DIR, MigrationError, migrate
+from payments.http.errors import CATALOG
+from payments.platform.db import Q
+from payments.platform.migrate import SQL_DIR, MigrationError, migrate
 from tests.books import reset_books
 from tests.conftest import with_database
 

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from payments.app import routes
-from payments.errors import CATALOG
+from payments.http.errors import CATALOG
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 METHODS = {"get", "post", "put", "patch", "delete"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from payments.db import as_unavailable
+from payments.platform.db import as_unavailable
 
 
 @pytest.mark.parametrize(

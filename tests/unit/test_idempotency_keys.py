@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import Headers
 
-from payments.errors import ApiError
-from payments.idempotency import fingerprint, is_money_moving, read_key
+from payments.http.errors import ApiError
+from payments.http.idempotency import fingerprint, is_money_moving, read_key
 
 
 def headers(*pairs: tuple[str, str]) -> Headers:

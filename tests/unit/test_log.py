@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from payments import log
-from payments.log import BufferedLogger
+from payments.platform import log
+from payments.platform.log import BufferedLogger
 
 
 class Stream(io.StringIO):

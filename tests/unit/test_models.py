@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from payments.errors import ApiError
-from payments.models import (
+from payments.http.body import (
     TransferIn,
     canonical_json,
     check_amount,
@@ -14,6 +13,7 @@ from payments.models import (
     to_minor_units,
     validate_body,
 )
+from payments.http.errors import ApiError
 
 LIMIT = "1000000.00"
 

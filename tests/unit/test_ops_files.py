@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from payments import metrics
+from payments.platform import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "compose.yaml"
@@ -57,7 +57,7 @@ def exported_series() -> dict[str, set[str]]:
                 series[family.name] = {family.name + suffix for suffix in HISTOGRAM_SUFFIXES}
             else:
                 series[family.name] = {family.name}
-    assert series, "payments.metrics defines no metric"
+    assert series, "payments.platform.metrics defines no metric"
     return series
 
 
@@ -144,12 +144,12 @@ def test_every_metric_in_a_panel_is_one_the_service_exports() -> None:
         assert found, f"{filename} has no query"
         unknown = {name for expression in found for name in used_names(expression)} - exported
         assert not unknown, (
-            f"{filename} queries metrics payments/metrics.py does not export: {unknown}"
+            f"{filename} queries metrics payments/platform/metrics.py does not export: {unknown}"
         )
 
 
 def test_every_exported_metric_has_a_panel() -> None:
-    """A metric added to payments/metrics.py gets a panel too."""
+    """A metric added to payments/platform/metrics.py gets a panel too."""
     used = {
         name
         for _, d in dashboards()

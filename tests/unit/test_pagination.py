@@ -5,9 +5,9 @@ import base64
 import pytest
 from pydantic import SecretStr
 
-from payments.errors import ApiError
-from payments.pagination import decode_cursor, encode_cursor, page_limit
-from payments.settings import Settings
+from payments.http.errors import ApiError
+from payments.http.pagination import decode_cursor, encode_cursor, page_limit
+from payments.platform.settings import Settings
 
 SETTINGS = Settings(jwt_secret=SecretStr("k" * 40))
 

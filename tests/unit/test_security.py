@@ -13,10 +13,10 @@ import pytest
 from jose import jwt
 from pydantic import SecretStr
 
-from payments import security
-from payments.errors import ApiError
-from payments.security import AccessTokens, Passwords
-from payments.settings import Settings
+from payments.http.errors import ApiError
+from payments.identity import tokens as security
+from payments.identity.tokens import AccessTokens, Passwords
+from payments.platform.settings import Settings
 
 SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40),
                     argon2_time_cost=1, argon2_memory_cost_kib=1024)  # fmt: skip

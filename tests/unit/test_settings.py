@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from payments.settings import RateLimit, Settings, SettingsError, parse_duration_s, read_dotenv
+from payments.platform.settings import (
+    RateLimit,
+    Settings,
+    SettingsError,
+    parse_duration_s,
+    read_dotenv,
+)
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from jose import JWTError, jwt
 
-from payments.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
-from payments.settings import Settings
+from payments.http.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
+from payments.platform.settings import Settings
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret): RFC 9068: a refresh token or an ID token is never taken for one
 JWT_ALGORITHM = "HS256"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.db import as_unavailable
-from payments.errors import INTERNAL_ERROR, ApiError, problem_response
+from payments.http.errors import INTERNAL_ERROR, ApiError, problem_response
+from payments.platform.db import as_unavailable
 
 log = structlog.get_logger(__name__)
 

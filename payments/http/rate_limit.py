@@ -6,11 +6,12 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments import metrics, redis_keys, sessions
-from payments.admission import Admission, AfterBatch, Plan, Tier, client_address, denylist_keys
-from payments.errors import INVALID_TOKEN, RATE_LIMITED, UNAVAILABLE, ApiError
-from payments.idempotency import is_money_moving, prepare_request
-from payments.security import Principal
+from payments.http.admission import Admission, AfterBatch, Plan, Tier, client_address, denylist_keys
+from payments.http.errors import INVALID_TOKEN, RATE_LIMITED, UNAVAILABLE, ApiError
+from payments.http.idempotency import is_money_moving, prepare_request
+from payments.identity import sessions
+from payments.identity.tokens import Principal
+from payments.platform import metrics, redis_keys
 from payments.services import Services
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,7 @@ class RateLimitMiddleware:
             )
         plan = self.plan(scope)
         admission = await self.admit(scope, plan)
-        scope["payments.admission"] = admission
+        scope["payments.http.admission"] = admission
         batch = scope["payments.after"] = AfterBatch()
         if admission.denied is not None:
             scope["payments.rate_limit_tier"] = admission.denied.name

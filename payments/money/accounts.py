@@ -5,12 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments import db
-from payments.db import Q
-from payments.errors import NOT_FOUND, ApiError
-from payments.idempotency import IdempotencyRequest, answer_response
-from payments.models import AccountIn, check_currency, validate_body
-from payments.routes import body_of, page_response, principal_of
+from payments.http.body import AccountIn, check_currency, validate_body
+from payments.http.errors import NOT_FOUND, ApiError
+from payments.http.idempotency import IdempotencyRequest, answer_response
+from payments.http.responses import body_of, page_response, principal_of
+from payments.platform import db
+from payments.platform.db import Q
 from payments.services import services
 
 ACCOUNTS_PER_USER_MAX = 100  # one per currency; far fewer currencies exist
@@ -29,7 +29,7 @@ async def open_account(request: Request) -> Response:
     found = services(request)
     command = validate_body(AccountIn, body_of(request))
     currency = check_currency(command.currency)
-    key: IdempotencyRequest | None = request.scope.get("payments.idempotency")
+    key: IdempotencyRequest | None = request.scope.get("payments.http.idempotency")
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.open_account, principal_of(request).user_id, key and key.key, key and key.fingerprint,
         found.settings.idempotency_ttl_s, currency,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from payments.errors import INVALID_TOKEN, ApiError
+from payments.http.errors import INVALID_TOKEN, ApiError
 from payments.services import Services
 
 log = structlog.get_logger(__name__)

@@ -8,8 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.errors import NOT_FOUND, ApiError
-from payments.security import Principal
+from payments.http.errors import NOT_FOUND, ApiError
+from payments.identity.tokens import Principal
 
 
 def principal_of(request: Request) -> Principal:

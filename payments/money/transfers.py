@@ -6,13 +6,19 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments import db, metrics
-from payments.db import Q
-from payments.errors import NOT_FOUND, ApiError
-from payments.idempotency import IdempotencyRequest, answer_response
-from payments.models import TransferIn, check_amount, check_currency, to_minor_units, validate_body
-from payments.pagination import decode_cursor, encode_cursor, page_limit
-from payments.routes import body_of, page_response, path_id, principal_of
+from payments.http.body import (
+    TransferIn,
+    check_amount,
+    check_currency,
+    to_minor_units,
+    validate_body,
+)
+from payments.http.errors import NOT_FOUND, ApiError
+from payments.http.idempotency import IdempotencyRequest, answer_response
+from payments.http.pagination import decode_cursor, encode_cursor, page_limit
+from payments.http.responses import body_of, page_response, path_id, principal_of
+from payments.platform import db, metrics
+from payments.platform.db import Q
 from payments.services import services
 
 NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
@@ -25,7 +31,7 @@ async def create_transfer(request: Request) -> Response:
     command = validate_body(TransferIn, body_of(request))
     currency = check_currency(command.currency) if command.currency else None
     amount = check_amount(command.amount, currency, limit=found.settings.max_transfer_amount)
-    key: IdempotencyRequest = request.scope["payments.idempotency"]
+    key: IdempotencyRequest = request.scope["payments.http.idempotency"]
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.transfer_funds, principal_of(request).user_id, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
@@ -83,7 +89,7 @@ async def reverse_transfer(request: Request) -> Response:
     found = services(request)
     principal = principal_of(request)
     transfer_id = path_id(request)
-    key: IdempotencyRequest = request.scope["payments.idempotency"]
+    key: IdempotencyRequest = request.scope["payments.http.idempotency"]
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, transfer_id,

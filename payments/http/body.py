@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
-from payments.errors import (
+from payments.http.errors import (
     AMOUNT_TOO_LARGE,
     MALFORMED_JSON,
     VALIDATION_ERROR,

@@ -8,8 +8,8 @@ import asyncio
 import asyncpg
 import structlog
 
-from payments import metrics
-from payments.db import DB_ERRORS, Q
+from payments.platform import metrics
+from payments.platform.db import DB_ERRORS, Q
 
 log = structlog.get_logger(__name__)
 

@@ -8,10 +8,10 @@ import contextlib
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments import metrics, redis_keys
-from payments.admission import REDIS_ERRORS, Admission, AfterBatch
-from payments.errors import IDEMPOTENCY_KEY_IN_USE, IDEMPOTENCY_KEY_REUSED, ApiError
-from payments.idempotency import Answer, IdempotencyRequest, PreparedRequest, stored_response
+from payments.http.admission import REDIS_ERRORS, Admission, AfterBatch
+from payments.http.errors import IDEMPOTENCY_KEY_IN_USE, IDEMPOTENCY_KEY_REUSED, ApiError
+from payments.http.idempotency import Answer, IdempotencyRequest, PreparedRequest, stored_response
+from payments.platform import metrics, redis_keys
 from payments.services import Services
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ class IdempotencyMiddleware:
         if prepared.key is None or principal is None:
             await self.app(scope, receive, send)
             return
-        admission: Admission = scope["payments.admission"]
+        admission: Admission = scope["payments.http.admission"]
         outcome = admission.idempotency
         scope["payments.idempotency_outcome"] = outcome
         metrics.IDEMPOTENCY_OUTCOMES.labels(outcome=outcome).inc()
@@ -57,7 +57,7 @@ class IdempotencyMiddleware:
             raise ApiError(IDEMPOTENCY_KEY_IN_USE, "a request with this key is still running",
                            headers={"Retry-After": "1"})  # fmt: skip
 
-        scope["payments.idempotency"] = IdempotencyRequest(prepared.key, prepared.fingerprint)
+        scope["payments.http.idempotency"] = IdempotencyRequest(prepared.key, prepared.fingerprint)
         if outcome != "new":  # Redis did not answer: PostgreSQL's claim decides alone
             await self.app(scope, receive, send)
             return

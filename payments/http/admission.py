@@ -16,9 +16,9 @@ from typing import Any, Literal
 import structlog
 from redis.exceptions import RedisError
 
-from payments import metrics, redis_keys
-from payments.redis_link import RedisLink, Script
-from payments.settings import RateLimit
+from payments.platform import metrics, redis_keys
+from payments.platform.redis_link import RedisLink, Script
+from payments.platform.settings import RateLimit
 
 log = structlog.get_logger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)

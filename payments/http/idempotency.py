@@ -13,14 +13,14 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
-from payments.errors import (
+from payments.http.body import canonical_json, parse_json
+from payments.http.errors import (
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
     PAYLOAD_TOO_LARGE,
     PROBLEM_MEDIA_TYPE,
     ApiError,
 )
-from payments.models import canonical_json, parse_json
 
 KEY_PATTERN = re.compile(r"^[\x20-\x7E]{1,255}$")
 _REVERSE_PATH = re.compile(r"^/api/v1/transactions/[^/]+/reverse$")

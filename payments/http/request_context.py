@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments import metrics
+from payments.platform import metrics
 
 log = structlog.get_logger("payments.request")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a client's X-Request-ID, if it is sane

@@ -6,8 +6,8 @@ import base64
 import hashlib
 import hmac
 
-from payments.models import field_error
-from payments.settings import Settings
+from payments.http.body import field_error
+from payments.platform.settings import Settings
 
 CURSOR_MAC_BYTES = 12
 

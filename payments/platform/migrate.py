@@ -12,7 +12,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MIGRATION_NAME = re.compile(r"^[0-9]{4}_[a-z0-9_]+\.sql$")
 # Any fixed number: two processes migrating at once queue on it instead of racing.
 MIGRATION_LOCK_ID = 0x7061796D656E7473  # "payments"

@@ -7,8 +7,8 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.errors import UNAVAILABLE, ApiError, problem_response
-from payments.routes import json_response
+from payments.http.errors import UNAVAILABLE, ApiError, problem_response
+from payments.http.responses import json_response
 from payments.services import services
 
 READY_TIMEOUT_S = 1.0  # a dependency slower than this to answer a ping is not ready

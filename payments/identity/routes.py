@@ -7,11 +7,19 @@ import json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments import db, sessions
-from payments.db import Q
-from payments.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
-from payments.models import LoginIn, LogoutIn, RefreshIn, RegisterIn, to_minor_units, validate_body
-from payments.routes import body_of, json_response, principal_of
+from payments.http.body import (
+    LoginIn,
+    LogoutIn,
+    RefreshIn,
+    RegisterIn,
+    to_minor_units,
+    validate_body,
+)
+from payments.http.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
+from payments.http.responses import body_of, json_response, principal_of
+from payments.identity import sessions
+from payments.platform import db
+from payments.platform.db import Q
 from payments.services import services
 
 

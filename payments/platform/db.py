@@ -1,4 +1,4 @@
-"""The PostgreSQL pool, the named queries `Q`, and how driver errors become API errors."""
+"""The PostgreSQL pool, the named queries `Q` of every domain, and how driver errors become API errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import TypeVar
 import asyncpg
 import structlog
 
-from payments.errors import UNAVAILABLE, ApiError
-from payments.settings import Settings
+from payments.http.errors import UNAVAILABLE, ApiError
+from payments.platform.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -21,13 +21,17 @@ T = TypeVar("T")
 
 
 class Queries:
-    """Read-only access to the blocks of queries.sql by name: `Q.transfer_funds`."""
+    """Read-only access by name to the blocks of every domain's queries.sql: `Q.transfer_funds`.
+    Names are unique across the files."""
 
-    def __init__(self, text: str) -> None:
-        parts = _QUERY_NAME.split(text)
-        self._by_name = MappingProxyType(
-            {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
-        )
+    def __init__(self, texts: list[str]) -> None:
+        by_name: dict[str, str] = {}
+        for text in texts:
+            parts = _QUERY_NAME.split(text)
+            for name, sql in zip(parts[1::2], parts[2::2], strict=True):
+                assert name not in by_name, f"two queries are named {name}"
+                by_name[name] = sql.strip()
+        self._by_name = MappingProxyType(by_name)
 
     def __getattr__(self, name: str) -> str:
         try:
@@ -39,7 +43,9 @@ class Queries:
         return list(self._by_name)
 
 
-Q = Queries((Path(__file__).parent / "queries.sql").read_text(encoding="utf-8"))
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+QUERY_FILES = sorted(PACKAGE_DIR.glob("*/queries.sql"))  # one per domain: money/, identity/, ...
+Q = Queries([path.read_text(encoding="utf-8") for path in QUERY_FILES])
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

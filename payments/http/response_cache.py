@@ -6,9 +6,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments import metrics, redis_keys
-from payments.admission import Admission, AfterBatch
-from payments.idempotency import Answer
+from payments.http.admission import Admission, AfterBatch
+from payments.http.idempotency import Answer
+from payments.platform import metrics, redis_keys
 from payments.services import Services
 
 VERSION_TTL_S = 86400  # longer than any entry lives, so an entry never outlives its version
@@ -34,7 +34,7 @@ class ResponseCacheMiddleware:
         if view is None:
             await self.app(scope, receive, invalidating(scope, send))
             return
-        admission: Admission = scope["payments.admission"]
+        admission: Admission = scope["payments.http.admission"]
         if admission.cached_body is not None:
             metrics.CACHE_LOOKUPS.labels(result="hit").inc()
             hit = Response(admission.cached_body, media_type="application/json",

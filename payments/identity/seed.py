@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from payments.db import Q
-from payments.models import to_minor_units
-from payments.security import Passwords
-from payments.settings import Settings
+from payments.http.body import to_minor_units
+from payments.identity.tokens import Passwords
+from payments.platform.db import Q
+from payments.platform.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""Identity: users, passwords, access and refresh tokens, login sessions."""

@@ -1,1 +1,0 @@
-"""The pure-ASGI middleware stack; app.py lists it in order."""

@@ -1,0 +1,1 @@
+"""Money: accounts, transfers and reversals, amounts, and the checks on the ledger."""

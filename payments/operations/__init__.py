@@ -1,0 +1,1 @@
+"""Routes for operators and readers of the contract: health, readiness and the docs."""
