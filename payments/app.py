@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -16,18 +17,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
-from payments.http.admission import Admitter
+from payments.http.admission import AdmissionMiddleware, Admitter
 from payments.http.auth import AuthMiddleware
 from payments.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
-from payments.http.idempotency_layer import IdempotencyMiddleware
+from payments.http.idempotency import IdempotencyMiddleware
 from payments.http.problem import ProblemMiddleware
 from payments.http.rate_limit import RateLimitMiddleware
 from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
+from payments.http.rules import MONEY, PUBLIC, READ, SIGN_IN, WRITE, RouteTable, RuledRoute, Rules
 from payments.identity import routes as auth
-from payments.identity.tokens import AccessTokens, Passwords
+from payments.identity.passwords import Passwords
+from payments.identity.tokens import AccessTokens
 from payments.money import accounts, transfers
 from payments.operations import docs, health
 from payments.platform import metrics
@@ -43,42 +46,32 @@ POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is
 GC_FIRST_GENERATION_THRESHOLD = 50_000  # Python's default is 2,000 allocations
 
 
-def by_method(
-    **endpoints: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """One route for a path with several methods, so that a 405 names all of them in Allow."""
-
-    async def dispatch(request: Request) -> Response:
-        return await endpoints[request.method if request.method != "HEAD" else "GET"](request)
-
-    return dispatch
-
-
-def routes() -> list[Route]:
+def routes() -> list[RuledRoute]:
+    """Every route, with each method's endpoint and the rules the HTTP layers apply to it."""
     return [
-        Route(f"{API}/health", health.health, methods=["GET"]),
-        Route(f"{API}/ready", health.ready, methods=["GET"]),
-        Route(f"{API}/auth/register", auth.register, methods=["POST"]),
-        Route(f"{API}/auth/login", auth.login, methods=["POST"]),
-        Route(f"{API}/auth/refresh", auth.refresh, methods=["POST"]),
-        Route(f"{API}/auth/logout", auth.logout, methods=["POST"]),
-        Route(
+        RuledRoute(f"{API}/health", GET=(health.health, PUBLIC)),
+        RuledRoute(f"{API}/ready", GET=(health.ready, PUBLIC)),
+        RuledRoute(f"{API}/auth/register", POST=(auth.register, SIGN_IN)),
+        RuledRoute(f"{API}/auth/login", POST=(auth.login, Rules(public=True, tiers=("auth", "login")))),
+        RuledRoute(f"{API}/auth/refresh", POST=(auth.refresh, SIGN_IN)),
+        RuledRoute(f"{API}/auth/logout", POST=(auth.logout, Rules(tiers=("auth",), idempotency="accepted"))),
+        RuledRoute(
             f"{API}/accounts",
-            by_method(GET=accounts.list_accounts, POST=accounts.open_account),
-            methods=["GET", "POST"],
+            GET=(accounts.list_accounts, Rules(cached_view="accounts")),
+            POST=(accounts.open_account, WRITE),
         ),
-        Route(f"{API}/accounts/{{account_number}}", accounts.get_account, methods=["GET"]),
-        Route(
+        RuledRoute(f"{API}/accounts/{{account_number}}", GET=(accounts.get_account, READ)),
+        RuledRoute(
             f"{API}/transactions",
-            by_method(GET=transfers.list_transfers, POST=transfers.create_transfer),
-            methods=["GET", "POST"],
+            GET=(transfers.list_transfers, Rules(cached_view="transactions")),
+            POST=(transfers.create_transfer, MONEY),
         ),
-        Route(f"{API}/transactions/{{id}}", transfers.get_transfer, methods=["GET"]),
-        Route(f"{API}/transactions/{{id}}/reverse", transfers.reverse_transfer, methods=["POST"]),
-        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
-        Route("/openapi.yaml", docs.openapi_document, methods=["GET"]),
-        Route("/docs", docs.docs_page, methods=["GET"]),
-    ]
+        RuledRoute(f"{API}/transactions/{{id}}", GET=(transfers.get_transfer, READ)),
+        RuledRoute(f"{API}/transactions/{{id}}/reverse", POST=(transfers.reverse_transfer, MONEY)),
+        RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
+        RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
+        RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),
+    ]  # fmt: skip
 
 
 async def handle_api_error(request: Request, error: Exception) -> Response:
@@ -106,6 +99,21 @@ def connect_redis(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 1),
         decode_responses=False,
     )
+
+
+# Each layer reads what the layers before it left in the request state: this is their order.
+LAYER_ORDER = (
+    RequestContextMiddleware, ProblemMiddleware, AuthMiddleware, AdmissionMiddleware,
+    RateLimitMiddleware, IdempotencyMiddleware, ResponseCacheMiddleware,
+)  # fmt: skip
+
+
+def check_layer_order(layers: list[Any]) -> None:
+    """Refuse to start with a layer missing or out of order: a layer that reads another's result
+    from the request state would otherwise find nothing, and Redis writes would go unsent."""
+    if tuple(layers) != LAYER_ORDER:
+        names = ", ".join(layer.__name__ for layer in LAYER_ORDER)
+        raise RuntimeError(f"the middleware must be, outermost first: {names}")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -142,16 +150,19 @@ def create_app(settings: Settings) -> Starlette:
             await found.pool.close()
             found.passwords.close()
 
+    table = routes()
     middleware = [
-        Middleware(RequestContextMiddleware),  # request id, log context, canonical log line
+        Middleware(RequestContextMiddleware, routes=RouteTable(table)),  # state, request id, log
         Middleware(ProblemMiddleware),  # renders ApiError raised by any layer below
-        Middleware(AuthMiddleware, services=found),  # sets scope["payments.principal"]
-        Middleware(RateLimitMiddleware, services=found),  # the request's one Redis round trip
+        Middleware(AuthMiddleware, services=found),  # the principal, from the access token
+        Middleware(AdmissionMiddleware, services=found),  # the body; the one Redis round trip
+        Middleware(RateLimitMiddleware, services=found),  # 429, refusals, budget headers
         Middleware(IdempotencyMiddleware, services=found),  # replays, 409s, stored answers
         Middleware(ResponseCacheMiddleware, services=found),  # cached reads, invalidation
     ]
+    check_layer_order([layer.cls for layer in middleware])
     app = Starlette(
-        routes=[*routes(), Mount(docs.ASSETS_PREFIX, app=docs.docs_assets())],
+        routes=[*table, Mount(docs.ASSETS_PREFIX, app=docs.docs_assets())],
         middleware=middleware,
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_error},
         lifespan=lifespan,

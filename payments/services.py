@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from payments.http.admission import Admitter
-from payments.identity.tokens import AccessTokens, Passwords
+from payments.identity.passwords import Passwords
+from payments.identity.tokens import AccessTokens
 from payments.platform.redis_link import RedisLink
 from payments.platform.settings import Settings
+
+if TYPE_CHECKING:  # the HTTP layers import this module
+    from payments.http.admission import Admitter
 
 
 @dataclass

@@ -65,6 +65,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
         rate_limit_global=RateLimit(name="global", count=100_000, period_s=60),
         rate_limit_auth=RateLimit(name="auth", count=100_000, period_s=60),
         rate_limit_transfer=RateLimit(name="transfer", count=100_000, period_s=60),
+        rate_limit_login=RateLimit(name="login", count=100_000, period_s=60),
         db_pool_size_max=20,
     )
     return base.model_copy(update=overrides)

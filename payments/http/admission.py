@@ -1,129 +1,102 @@
-"""Admission: everything a request needs from Redis before its handler, in one round trip.
+"""Admission: everything a request needs from Redis before its handler, in one round trip, and
+the writes the layers queue for after it, in a second.
 
-One Lua script checks the denylist, decides every rate-limit tier, looks up the idempotency key's
-fast copy (setting the in-flight marker for a new request) and reads the response cache. What the
-layers write back after the handler (the stored answer, cache fills and invalidations) is queued in
-an AfterBatch and sent together just before the response starts. Both go through the process's
-shared connection (redis_link.py).
+Each concern plans its own part and reads its own answer, in its own file: authentication the
+denylist (auth.py), the rate limits their tiers (rate_limit.py), idempotency the key's fast copy
+(idempotency.py), the response cache its entry (response_cache.py). This layer reads a POST's body
+once, asks each for its part, runs the one script (admission.lua), and hands the answer on in the
+request state. The script's keys, arguments and reply are named below, once, for both sides.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.platform import metrics, redis_keys
-from payments.platform.redis_link import RedisLink, Script
-from payments.platform.settings import RateLimit
+from payments.http import auth, idempotency, rate_limit, response_cache
+from payments.http.body import read_request_body, replay
+from payments.http.errors import ApiError
+from payments.http.state import RequestState, state_of
+from payments.platform import metrics
+from payments.platform.redis_link import REDIS_ERRORS, RedisLink, Script
+from payments.services import Services
 
 log = structlog.get_logger(__name__)
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
-# Rate limits use GCRA (the generic cell rate algorithm, as in redis-cell): one timestamp per key,
-# the theoretical arrival time (TAT). With a quota of q requests per window w, each request
-# advances TAT by the emission interval T = w / q, and a request is allowed while the new TAT is
-# at most w ahead of now: q requests may come in a burst, then one every T. Unlike a fixed window
-# it never admits 2q across a window edge, and unlike a sliding log it stores one number.
-# All tiers are decided together: a request refused by one tier is charged to none. The clock is
-# Redis's own (TIME), so several API hosts agree whatever their clocks say.
-ADMISSION_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# The script's inputs and reply, by name. admission.lua reads K.<name> and A.<name> and fills
+# R.<name>; a prologue made from these tuples maps them to and from Redis's positional arrays.
+KEY_NAMES = (
+    "denylist_ready",
+    "revoked_family",
+    "revoked_token",
+    "idempotency",
+    "cache_version",
+    "cache_entry",
+)  # fmt: skip  (then one key per tier)
+ARGUMENT_NAMES = (
+    "check_denylist",
+    "check_idempotency",
+    "fingerprint",
+    "in_flight_ttl_ms",
+    "read_cache",
+)  # fmt: skip  (then interval_ms, period_ms, new_only per tier)
+REPLY_DEFAULTS = {
+    "verdict": "'ok'",
+    "idempotency": "'none'",
+    "stored_status": "''",
+    "stored_body": "''",
+    "denied": "0",
+    "retry_ms": "0",
+    "cache_version": "''",
+    "cached_body": "''",
+}  # fmt: skip  (then remaining, next_ms per tier)
+REPLY_NAMES = tuple(REPLY_DEFAULTS)
+TIER_FIELDS = ("interval_ms", "period_ms", "new_only")
 
-if ARGV[1] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return {'revoked'} end
-  else
-    return {'denylist-unknown'}
-  end
-end
 
-local idem = 'none'
-local stored_status, stored_body = '', ''
-if ARGV[2] == '1' then
-  local h = redis.call('HMGET', KEYS[4], 'fingerprint', 'status', 'body')
-  if not h[1] then idem = 'new'
-  elseif h[1] ~= ARGV[3] then idem = 'reused'
-  elseif not h[2] then idem = 'in_use'
-  else idem = 'replay'; stored_status = h[2]; stored_body = h[3] end
+def script_text() -> str:
+    """admission.lua behind a prologue that names KEYS, ARGV and the reply."""
+    keys = ", ".join(f"{name} = KEYS[{i}]" for i, name in enumerate(KEY_NAMES, 1))
+    arguments = ", ".join(f"{name} = ARGV[{i}]" for i, name in enumerate(ARGUMENT_NAMES, 1))
+    tier = ", ".join(
+        f"{name} = ARGV[{len(ARGUMENT_NAMES)} + {len(TIER_FIELDS)} * (i - 1) + {j}]"
+        for j, name in enumerate(TIER_FIELDS, 1)
+    )
+    defaults = ", ".join(f"{name} = {value}" for name, value in REPLY_DEFAULTS.items())
+    reply = ", ".join(f"R.{name}" for name in REPLY_NAMES)
+    prologue = f"""
+local K = {{{keys}}}
+local A = {{{arguments}}}
+local TIERS = {{}}
+for i = 1, #KEYS - {len(KEY_NAMES)} do
+  TIERS[i] = {{key = KEYS[{len(KEY_NAMES)} + i], {tier}}}
+  TIERS[i].interval_ms = tonumber(TIERS[i].interval_ms)
+  TIERS[i].period_ms = tonumber(TIERS[i].period_ms)
 end
-local charge_new_only = (idem == 'none' or idem == 'new')
-
-local n = tonumber(ARGV[6])
-local denied, retry_ms = 0, 0
-local tats, new_tats, charged = {}, {}, {}
-for i = 1, n do
-  local interval = tonumber(ARGV[4 + 3 * i])
-  local period = tonumber(ARGV[5 + 3 * i])
-  charged[i] = (ARGV[6 + 3 * i] == '0') or charge_new_only
-  local tat = tonumber(redis.call('GET', KEYS[6 + i]) or now)
-  if tat < now then tat = now end
-  tats[i] = tat
-  new_tats[i] = tat + interval
-  if charged[i] and new_tats[i] - period > now then
-    local wait = new_tats[i] - period - now
-    if denied == 0 or wait > retry_ms then denied = i; retry_ms = wait end
-  end
+local R = {{{defaults}}}
+local TIER_STATES = {{}}
+local function reply()
+  local out = {{{reply}}}
+  for _, value in ipairs(TIER_STATES) do out[#out + 1] = value end
+  return out
 end
-
-local reply = {'ok', idem, stored_status, stored_body, denied, retry_ms, '', ''}
-for i = 1, n do
-  local interval = tonumber(ARGV[4 + 3 * i])
-  local period = tonumber(ARGV[5 + 3 * i])
-  local tat = tats[i]
-  if denied == 0 and charged[i] then
-    tat = new_tats[i]
-    redis.call('SET', KEYS[6 + i], string.format('%.0f', tat), 'PX', math.ceil(tat - now) + 1)
-  end
-  reply[#reply + 1] = math.floor((now + period - tat) / interval)
-  reply[#reply + 1] = math.ceil((tat - now) / 1000)
-end
-
-if denied == 0 and idem == 'new' then
-  redis.call('HSET', KEYS[4], 'fingerprint', ARGV[3])
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
-end
-if denied == 0 and ARGV[5] == '1' then
-  local version = redis.call('GET', KEYS[5]) or '0'
-  local entry = redis.call('HMGET', KEYS[6], 'version', 'body')
-  reply[7] = version
-  if entry[1] == version then reply[8] = entry[2] end
-end
-return reply
 """
+    return prologue + (Path(__file__).parent / "admission.lua").read_text(encoding="utf-8")
+
 
 IdempotencyState = Literal["none", "new", "replay", "in_use", "reused", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
-class Tier:
-    """A rate-limit tier that applies to this request; new_only tiers (the transfer tier) are not
-    charged for a replay or a refused duplicate, only for money that may move."""
-
-    limit: RateLimit
-    key: str
-    new_only: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TierState:
-    name: str
-    quota: int
-    window_s: int
-    remaining: int
-    reset_s: int
-
-
 @dataclass(slots=True)
 class Plan:
-    """What one request asks of Redis."""
+    """What one request asks of Redis: each concern fills in its part."""
 
-    tag: str
-    tiers: list[Tier]
+    tag: str  # the hash tag every key of the request shares (its user's or its address's)
+    tiers: list[rate_limit.Tier]
     denylist_keys: tuple[str, str, str] | None = None  # ready, family, token
     idempotency_key: str | None = None
     fingerprint: str = ""
@@ -141,80 +114,77 @@ class Admission:
     idempotency: IdempotencyState = "none"
     stored_status: int = 0
     stored_body: bytes = b""
-    denied: TierState | None = None
+    denied: rate_limit.TierState | None = None
     retry_after_s: int = 0
-    tiers: list[TierState] = field(default_factory=list)
+    tiers: list[rate_limit.TierState] = field(default_factory=list)
     cache_version: str | None = None
     cached_body: bytes | None = None
 
 
+def unreachable(plan: Plan) -> Admission:
+    """What every layer falls back on when Redis does not answer."""
+    return Admission(redis_up=False, idempotency="unknown" if plan.idempotency_key else "none")
+
+
 class Admitter:
+    """Runs a plan through the process's shared Redis connection."""
+
     def __init__(self, link: RedisLink) -> None:
         self.link = link
-        self.script = Script(ADMISSION_SCRIPT)
+        self.script = Script(script_text())
+
+    async def admit_tiers(self, tag: str, tiers: list[rate_limit.Tier]) -> Admission:
+        """Rate-limit tiers alone, outside a request's admission (the per-account login tier)."""
+        return await self.admit(Plan(tag=tag, tiers=tiers))
 
     async def admit(self, plan: Plan) -> Admission:
-        unused = f"payments:{plan.tag}:unused"
-        denylist = plan.denylist_keys or (unused, unused, unused)
-        cache = plan.cache_keys or (unused, unused)
-        keys = [*denylist, plan.idempotency_key or unused, *cache, *(t.key for t in plan.tiers)]
-        arguments: list[Any] = [
-            "1" if plan.denylist_keys else "0",
-            "1" if plan.idempotency_key else "0",
-            plan.fingerprint,
-            plan.in_flight_ttl_ms,
-            "1" if plan.cache_keys else "0",
-            len(plan.tiers),
-        ]
+        unused = f"payments:{plan.tag}:unused"  # stands in for a part not asked for, in its slot
+        named_keys = {
+            "denylist_ready": (plan.denylist_keys or (unused,) * 3)[0],
+            "revoked_family": (plan.denylist_keys or (unused,) * 3)[1],
+            "revoked_token": (plan.denylist_keys or (unused,) * 3)[2],
+            "idempotency": plan.idempotency_key or unused,
+            "cache_version": (plan.cache_keys or (unused, unused))[0],
+            "cache_entry": (plan.cache_keys or (unused, unused))[1],
+        }
+        named_arguments: dict[str, Any] = {
+            "check_denylist": "1" if plan.denylist_keys else "0",
+            "check_idempotency": "1" if plan.idempotency_key else "0",
+            "fingerprint": plan.fingerprint,
+            "in_flight_ttl_ms": plan.in_flight_ttl_ms,
+            "read_cache": "1" if plan.cache_keys else "0",
+        }
+        keys = [named_keys[name] for name in KEY_NAMES] + [tier.key for tier in plan.tiers]
+        arguments = [named_arguments[name] for name in ARGUMENT_NAMES]
         for tier in plan.tiers:
-            interval_ms = tier.limit.period_s * 1000 / tier.limit.count
-            arguments += [
-                f"{interval_ms:.3f}",
-                tier.limit.period_s * 1000,
-                "1" if tier.new_only else "0",
-            ]
+            arguments += tier.arguments()
         try:
             reply = await self.link.run_script(self.script, keys, arguments)
         except REDIS_ERRORS:
             log.warning("redis_unavailable", layer="admission")
             metrics.REDIS_FALLBACKS.labels(layer="admission").inc()
-            return Admission(
-                redis_up=False, idempotency="unknown" if plan.idempotency_key else "none"
-            )
+            return unreachable(plan)
         return parse_reply(plan, reply)
 
 
 def parse_reply(plan: Plan, reply: list[Any]) -> Admission:
-    verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    named = dict(zip(REPLY_NAMES, reply, strict=False))
+    verdict = named["verdict"].decode()
     if verdict == "revoked":
         return Admission(revoked=True)
     if verdict == "denylist-unknown":
         return Admission(denylist_known=False)
-    tiers = [
-        TierState(
-            t.limit.name,
-            t.limit.count,
-            t.limit.period_s,
-            max(0, int(reply[8 + 2 * i])),
-            max(0, int(reply[9 + 2 * i])),
-        )
-        for i, t in enumerate(plan.tiers)
-    ]
-    denied_index = int(reply[4])
     admission = Admission(
-        idempotency=reply[1].decode(),
-        stored_status=int(reply[2]) if reply[2] else 0,
-        stored_body=reply[3] or b"",
-        tiers=tiers,
-        cache_version=reply[6].decode() if reply[6] else None,
-        cached_body=reply[7] or None,
+        idempotency=named["idempotency"].decode(),
+        stored_status=int(named["stored_status"]) if named["stored_status"] else 0,
+        stored_body=named["stored_body"] or b"",
+        cache_version=named["cache_version"].decode() if named["cache_version"] else None,
+        cached_body=named["cached_body"] or None,
     )
-    if denied_index:
-        retry_after_s = max(1, -(-int(reply[5]) // 1000))
-        denied = tiers[denied_index - 1]
-        admission.denied = TierState(denied.name, denied.quota, denied.window_s, 0, retry_after_s)
-        admission.tiers[denied_index - 1] = admission.denied
-        admission.retry_after_s = retry_after_s
+    tier_values = reply[len(REPLY_NAMES) :]
+    admission.tiers, admission.denied, admission.retry_after_s = rate_limit.read_tiers(
+        plan.tiers, tier_values, denied_index=int(named["denied"]), retry_ms=int(named["retry_ms"])
+    )
     return admission
 
 
@@ -239,14 +209,67 @@ class AfterBatch:
             metrics.REDIS_FALLBACKS.labels(layer="after_batch").inc()
 
 
-def client_address(scope: MutableMapping[str, Any]) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+class AdmissionMiddleware:
+    """Reads a POST's body once, runs the request's one admission round trip, and sends the
+    writes the layers queued just before the response starts.
 
+    Keeps: every limited request is decided by one Redis call; a request whose body or key was
+    refused is still counted, and its refusal waits in the state for the rate-limit layer; a
+    revoked token is refused whether or not Redis remembers the revocation (auth.py)."""
 
-def denylist_keys(user_id: int, family_id: str, token_id: str) -> tuple[str, str, str]:
-    return (
-        redis_keys.denylist_ready(user_id),
-        redis_keys.revoked_family(user_id, family_id),
-        redis_keys.revoked_token(user_id, token_id),
-    )
+    def __init__(self, app: ASGIApp, *, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = state_of(scope)
+        if not state.rules.limited:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST":
+            receive = await self.read_body(scope, receive, state)
+        plan = self.plan(scope, state)
+        admission = await self.services.admitter.admit(plan)
+        settled = await auth.settle_revocation(self.services, state, plan, admission)
+        state.admission = settled or unreachable(plan)
+        batch = state.after = AfterBatch()
+
+        async def send_after_batch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await batch.send(self.services.redis_link)
+            await send(message)
+
+        await self.app(scope, receive, send_after_batch)
+
+    async def read_body(self, scope: Scope, receive: Receive, state: RequestState) -> Receive:
+        """The body, read once and given again to the handler; a refusal waits its turn."""
+        try:
+            state.body = await read_request_body(
+                scope, receive, bytes_max=self.services.settings.request_body_bytes_max
+            )
+        except ApiError as error:
+            state.refusal = error
+            return receive
+        return replay(state.body.raw, receive)
+
+    def plan(self, scope: Scope, state: RequestState) -> Plan:
+        """Each concern's part. The key is read first: a request refused for its key or body is
+        not charged to the tiers that count money-moving requests."""
+        settings = self.services.settings
+        state.idempotency_key = idempotency.plan_key(scope, state)
+        tag, tiers = rate_limit.plan_tiers(settings, state, scope)
+        plan = Plan(tag=tag, tiers=tiers)
+        if state.principal is None:
+            return plan
+        plan.denylist_keys = auth.denylist_keys(state.principal)
+        if state.idempotency_key is not None:
+            plan.idempotency_key = idempotency.redis_key(state.principal, state.idempotency_key)
+            plan.fingerprint = state.idempotency_key.fingerprint.hex()
+            plan.in_flight_ttl_ms = settings.idempotency_lock_ttl_s * 1000
+        state.cache_view = response_cache.view_of(scope, state)
+        if state.cache_view is not None:
+            plan.cache_keys = response_cache.keys_of(state.principal, state.cache_view)
+        return plan

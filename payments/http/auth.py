@@ -1,45 +1,47 @@
-"""Authentication: a valid, unrevoked Bearer access token, or a public route."""
+"""Authentication: a valid, unrevoked Bearer access token on every route that is not public,
+and an admin's on the admin routes. The token's signature is checked here; whether its session
+was revoked is asked in the request's one Redis round trip (admission.py), and PostgreSQL is asked
+when Redis cannot say."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from payments.http.errors import INVALID_TOKEN, ApiError
+from payments.http.errors import FORBIDDEN, INVALID_TOKEN, ApiError
+from payments.http.state import RequestState, state_of
+from payments.identity import sessions
+from payments.identity.tokens import Principal
+from payments.platform import redis_keys
 from payments.services import Services
+
+if TYPE_CHECKING:  # the admission layer imports this module
+    from payments.http.admission import Admission, Plan
 
 log = structlog.get_logger(__name__)
 
-API_PREFIX = "/api/v1/"
-PUBLIC_API_PATHS = frozenset(
-    {"/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/refresh", "/api/v1/health",
-     "/api/v1/ready"}
-)  # fmt: skip
-
-
-def is_public(path: str) -> bool:
-    """Everything outside /api/v1 (metrics, openapi.yaml, docs) and the routes listed above."""
-    return not path.startswith(API_PREFIX) or path in PUBLIC_API_PATHS
-
 
 class AuthMiddleware:
-    """Sets scope["payments.principal"] on protected routes, or answers 401 invalid_token.
+    """Sets the request state's principal on every route that is not public, or answers 401
+    invalid_token; marks a non-admin on an admin route for 403, answered once it is counted.
 
-    Keeps: only a token we signed, unexpired, of our issuer and audience, becomes a principal.
-    Whether its session was revoked is asked in the request's one Redis round trip, with the rate
-    limits (admission.py, called by the rate-limit layer), before anything else runs."""
+    Keeps: only a token we signed, unexpired, of our issuer and audience, becomes a principal."""
 
     def __init__(self, app: ASGIApp, *, services: Services) -> None:
         self.app = app
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] != "http" or state_of(scope).rules.public:
             await self.app(scope, receive, send)
             return
-        principal = self.services.tokens.verify(bearer_token(scope))
-        scope["payments.principal"] = principal
+        state = state_of(scope)
+        principal = state.principal = self.services.tokens.verify(bearer_token(scope))
         structlog.contextvars.bind_contextvars(principal_id=principal.user_id)
+        if state.rules.admin and not principal.is_admin:
+            state.refusal = ApiError(FORBIDDEN, "this route is for admins")
         await self.app(scope, receive, send)
 
 
@@ -51,3 +53,41 @@ def bearer_token(scope: Scope) -> str:
                 return str(token.strip())
     raise ApiError(INVALID_TOKEN, "send an access token: Authorization: Bearer <token>",
                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+def denylist_keys(principal: Principal) -> tuple[str, str, str]:
+    """Authentication's part of the admission round trip: the keys that say whether the token's
+    session, or the token itself, was revoked."""
+    return (
+        redis_keys.denylist_ready(principal.user_id),
+        redis_keys.revoked_family(principal.user_id, principal.family_id),
+        redis_keys.revoked_token(principal.user_id, principal.token_id),
+    )
+
+
+async def settle_revocation(
+    services: Services, state: RequestState, plan: Plan, admission: Admission
+) -> Admission | None:
+    """Authentication's reading of the admission: 401 for a revoked token. When Redis has
+    forgotten the user's denylist, it is copied back from PostgreSQL and Redis asked again; when
+    Redis does not answer, PostgreSQL decides alone, and None says the other layers must fall
+    back as if Redis were down."""
+    if admission.revoked:
+        raise revoked_token()
+    if (admission.redis_up and admission.denylist_known) or state.principal is None:
+        return admission
+    if admission.redis_up:  # Redis lost this user's denylist: copy it back, ask again
+        await sessions.restore_denylist(services, state.principal.user_id)
+        admission = await services.admitter.admit(plan)
+        if admission.revoked:
+            raise revoked_token()
+        if admission.redis_up and admission.denylist_known:
+            return admission
+    if await sessions.revoked_in_database(services, state.principal):
+        raise revoked_token()
+    return None
+
+
+def revoked_token() -> ApiError:
+    return ApiError(INVALID_TOKEN, "the access token was revoked",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})  # fmt: skip

@@ -1,25 +1,33 @@
-"""The edge: request bodies parsed and validated, amounts turned into integer minor units exactly."""
+"""Request bodies: read once (413 past the limit), of JSON's media type (415), parsed exactly
+(numbers kept as their text, a repeated key refused), and validated into pydantic models (422)."""
 
 from __future__ import annotations
 
 import json
-import re
-from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
+from starlette.types import Message, Receive, Scope
 
 from payments.http.errors import (
-    AMOUNT_TOO_LARGE,
     MALFORMED_JSON,
+    PAYLOAD_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
     VALIDATION_ERROR,
     ApiError,
 )
 
-# Minor digits per ISO 4217 currency we hold; the `currency` table of sql/0001 says the same.
-CURRENCY_EXPONENTS = {"USD": 2, "EUR": 2, "GBP": 2, "ZAR": 2, "JPY": 0}
-PLAIN_DECIMAL = re.compile(r"^[0-9]+(?:\.([0-9]+))?$")
+JSON_MEDIA_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    """A POST's body as read: its bytes and the parsed JSON (None when the body was empty)."""
+
+    raw: bytes
+    payload: Any
 
 
 class JsonNumber:
@@ -31,18 +39,104 @@ class JsonNumber:
         self.text = text
 
 
+async def read_request_body(scope: Scope, receive: Receive, *, bytes_max: int) -> RequestBody:
+    """The whole body, checked: 413 past bytes_max, 415 for a body that is not JSON by its
+    Content-Type, 400 malformed_json, 422 for a string JSON may carry but text may not."""
+    raw = await read_body(receive, bytes_max)
+    if not raw.strip():
+        return RequestBody(raw, None)
+    payload = parse_json(raw)
+    return RequestBody(raw, payload)
+
+
+async def read_body(receive: Receive, bytes_max: int) -> bytes:
+    """The whole body, or 413 as soon as it grows past bytes_max."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > bytes_max:
+            raise ApiError(PAYLOAD_TOO_LARGE, f"the body is larger than {bytes_max} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body again, once, then waits on the client as before."""
+    sent = False
+
+    async def receive_again() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_again
+
+
+def check_media_type(scope: Scope) -> None:
+    """A body must say it is JSON: `application/json`, with parameters (charset) or without."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media_type = value.decode("latin-1").partition(";")[0].strip().lower()
+            if media_type == JSON_MEDIA_TYPE:
+                return
+            break
+    raise ApiError(UNSUPPORTED_MEDIA_TYPE, f"send the body as {JSON_MEDIA_TYPE}",
+                   headers={"Accept-Post": JSON_MEDIA_TYPE})  # fmt: skip
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object that names a key twice is refused: two parsers may keep different values."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return obj
+
+
 def parse_json(body: bytes) -> Any:
-    """JSON with numbers kept exact; NaN and Infinity are not JSON (400 malformed_json)."""
+    """JSON with numbers kept exact; NaN, Infinity and a repeated key are not accepted (400)."""
     try:
         return json.loads(
-            body, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_refuse_constant
-        )
+            body, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_refuse_constant,
+        )  # fmt: skip
     except (ValueError, RecursionError):
         raise ApiError(MALFORMED_JSON, "the request body is not valid JSON") from None
+
+
+def check_text(value: Any, where: str) -> None:
+    """422 for a string (a value or a key) holding U+0000 or an unpaired surrogate: valid JSON,
+    but no text column, log line or UTF-8 encoder will take it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}.{index}" if where else str(index))
+    elif isinstance(value, str) and not is_text(value):
+        raise field_error(where, "must not contain U+0000 or an unpaired surrogate")
+
+
+def is_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def canonical_json(value: Any) -> str:
@@ -59,57 +153,6 @@ def field_error(field: str, message: str) -> ApiError:
     )
 
 
-def check_amount(value: object, currency: str | None, *, limit: str, field: str = "amount") -> str:
-    """The amount as a plain decimal string, checked exactly (never through a float): digits with
-    an optional fraction, above zero, at most the currency's decimals and at most `limit`. When the
-    currency is not known yet (it defaults to the recipient's), the database checks the decimals."""
-    text = value.text if isinstance(value, JsonNumber) else value
-    if not isinstance(text, str):
-        raise field_error(field, "must be a decimal string or number")
-    match = PLAIN_DECIMAL.match(text)
-    if match is None:
-        raise field_error(field, "must be a plain decimal like 50.00")
-    fraction = match.group(1) or ""
-    exponent = CURRENCY_EXPONENTS[currency] if currency else max(CURRENCY_EXPONENTS.values())
-    if len(fraction) > exponent:
-        raise field_error(field, f"{currency or 'the currency'} takes at most {exponent} decimals")
-    amount = Decimal(text)
-    if amount <= 0:
-        raise field_error(field, "must be greater than zero")
-    if amount > Decimal(limit):
-        raise ApiError(
-            AMOUNT_TOO_LARGE, f"{field} is larger than the maximum of {limit} per transfer"
-        )
-    return text
-
-
-def to_minor_units(text: str, currency: str) -> int:
-    """'50.00' -> 5000 for USD; the text is a checked plain decimal with few enough decimals."""
-    exponent = CURRENCY_EXPONENTS[currency]
-    whole, _, fraction = text.partition(".")
-    assert len(fraction) <= exponent
-    return int(whole + fraction.ljust(exponent, "0"))
-
-
-def to_decimal_text(amount_minor: int, currency: str) -> str:
-    """5000 -> '50.00' for USD; 5000 -> '5000' for JPY."""
-    exponent = CURRENCY_EXPONENTS[currency]
-    if exponent == 0:
-        return str(amount_minor)
-    sign = "-" if amount_minor < 0 else ""
-    whole, fraction = divmod(abs(amount_minor), 10**exponent)
-    return f"{sign}{whole}.{fraction:0{exponent}d}"
-
-
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-# Any non-empty string: one we did not issue is an unknown account (422 unknown_account).
-AccountNumber = Annotated[str, StringConstraints(min_length=1)]
-Email = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254,
-                           pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
-]  # fmt: skip
-
-
 class RequestModel(BaseModel):
     """Bodies: strict types, no unknown fields, snake_case or camelCase names."""
 
@@ -120,39 +163,6 @@ class RequestModel(BaseModel):
 
 
 M = TypeVar("M", bound=RequestModel)
-
-
-class RegisterIn(RequestModel):
-    email: Email
-    password: Annotated[str, StringConstraints(min_length=8, max_length=128)]
-    full_name: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
-    ]
-
-
-class LoginIn(RequestModel):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-
-
-class RefreshIn(RequestModel):
-    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-
-
-class LogoutIn(RequestModel):
-    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
-
-
-class AccountIn(RequestModel):
-    currency: Currency
-
-
-class TransferIn(RequestModel):
-    to_account_number: AccountNumber
-    amount: Any  # a decimal string or a JsonNumber: check_amount() parses it, exactly
-    currency: Currency | None = None
-    description: Annotated[str, StringConstraints(max_length=500)] | None = None
-    from_account_number: AccountNumber | None = None
 
 
 def validate_body(model: type[M], body: Any) -> M:
@@ -169,9 +179,3 @@ def validate_body(model: type[M], body: Any) -> M:
         ]
         raise ApiError(VALIDATION_ERROR, "; ".join(f"{e['field']}: {e['message']}" for e in errors),
                        errors=errors) from None  # fmt: skip
-
-
-def check_currency(currency: str, field: str = "currency") -> str:
-    if currency not in CURRENCY_EXPONENTS:
-        raise field_error(field, f"must be one of {', '.join(sorted(CURRENCY_EXPONENTS))}")
-    return currency

@@ -1,39 +1,45 @@
-"""Idempotency keys: which requests need one, how a key is read and checked, the request's
-fingerprint, and the stored answer sent back. The durable claim and the answer live in PostgreSQL
-(sql/0002_money_functions.sql) and commit in the same statement as the money they guard."""
+"""Idempotency keys: how a key is read and checked, the request's fingerprint, its part of the
+admission round trip, and the layer that replays, refuses or stores answers.
+
+The durable claim and the answer live in PostgreSQL (the money functions of sql/) and commit in
+the same statement as the money they guard; Redis holds the fast copy and the in-flight marker."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.http.body import canonical_json, parse_json
+from payments.http.body import canonical_json
 from payments.http.errors import (
+    IDEMPOTENCY_KEY_IN_USE,
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
-    PAYLOAD_TOO_LARGE,
+    IDEMPOTENCY_KEY_REUSED,
     PROBLEM_MEDIA_TYPE,
     ApiError,
 )
+from payments.http.state import RequestState, state_of
+from payments.identity.tokens import Principal
+from payments.platform import metrics, redis_keys
+from payments.platform.redis_link import REDIS_ERRORS
+from payments.services import Services
 
+log = structlog.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x20-\x7E]{1,255}$")
-_REVERSE_PATH = re.compile(r"^/api/v1/transactions/[^/]+/reverse$")
-
-
-def is_money_moving(method: str, path: str) -> bool:
-    """POSTs that move money: they need an Idempotency-Key and count against the transfer tier."""
-    return method == "POST" and (path == "/api/v1/transactions" or bool(_REVERSE_PATH.match(path)))
 
 
 @dataclass(frozen=True, slots=True)
-class IdempotencyRequest:
-    """A request's key and fingerprint, handed from the middleware to the handler."""
+class IdempotencyKey:
+    """A request's key and fingerprint, handed from admission to the idempotency layer and the
+    handler."""
 
     key: str
     fingerprint: bytes  # SHA-256 of method, path and canonical JSON body
@@ -70,6 +76,26 @@ def fingerprint(method: str, path: str, body: Any) -> bytes:
     return hashlib.sha256(f"{method} {path}\n{canonical_json(body)}".encode()).digest()
 
 
+def plan_key(scope: Scope, state: RequestState) -> IdempotencyKey | None:
+    """The request's key, when its route takes one and it has a principal to scope it to. A
+    missing or malformed key becomes the request's refusal (answered once the limiter counted it)."""
+    if state.rules.idempotency == "ignored" or state.principal is None or state.refusal:
+        return None
+    try:
+        key = read_key(Headers(scope=scope), required=state.rules.idempotency == "required")
+    except ApiError as error:
+        state.refusal = error
+        return None
+    if key is None:
+        return None
+    payload = state.body.payload if state.body is not None else None
+    return IdempotencyKey(key, fingerprint(scope["method"], scope["path"], payload))
+
+
+def redis_key(principal: Principal, key: IdempotencyKey) -> str:
+    return redis_keys.idempotency(principal.user_id, key.key)
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What a money function answered: the layers outside store it in Redis when PostgreSQL
@@ -90,71 +116,76 @@ def stored_response(status: int, body: bytes, *, replayed: bool) -> Response:
 
 def answer_response(scope: Scope, row: Any) -> Response:
     """The response for a money function's row (status, body, replayed, stored, parties), with
-    the answer left in the scope for the idempotency and cache layers."""
+    the answer left in the request state for the idempotency and cache layers."""
     body = row["body"].encode()
     parties = tuple(user_id for user_id in row["parties"] or () if user_id is not None)
-    scope["payments.answer"] = Answer(row["status"], body, row["stored"], parties)
+    state_of(scope).answer = Answer(row["status"], body, row["stored"], parties)
     return stored_response(row["status"], body, replayed=row["replayed"])
 
 
-@dataclass(slots=True)
-class PreparedRequest:
-    """A POST's body and key, read once before admission. Errors wait until the idempotency layer,
-    so that a bad request is still counted by the rate limiter first."""
+class IdempotencyMiddleware:
+    """Acts on what admission found for the request's key.
 
-    body: bytes = b""
-    payload: Any = None
-    key: str | None = None
-    fingerprint: bytes = b""
-    error: ApiError | None = None
+    Keeps: a finished key is replayed from Redis without touching PostgreSQL; a key in flight gets
+    409 and a key reused with another request 422, whatever its state; a new request runs once, and
+    its in-flight marker becomes the stored answer when PostgreSQL stored one, or is removed so the
+    client may retry. Without Redis, the claim in PostgreSQL alone keeps money moving once."""
 
+    def __init__(self, app: ASGIApp, *, services: Services) -> None:
+        self.app = app
+        self.services = services
 
-async def prepare_request(
-    scope: Scope, receive: Receive, *, body_bytes_max: int
-) -> tuple[PreparedRequest, Receive]:
-    """Read the body (413 past body_bytes_max), parse it, and read the principal's key."""
-    prepared = PreparedRequest()
-    try:
-        prepared.body = await read_body(receive, body_bytes_max)
-        prepared.payload = parse_json(prepared.body) if prepared.body.strip() else None
-        if scope.get("payments.principal") is not None:
-            required = is_money_moving(scope["method"], scope["path"])
-            prepared.key = read_key(Headers(scope=scope), required=required)
-            if prepared.key is not None:
-                prepared.fingerprint = fingerprint(scope["method"], scope["path"], prepared.payload)
-    except ApiError as error:
-        prepared.error = error
-        prepared.key = None
-    return prepared, replay(prepared.body, receive)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or state_of(scope).idempotency_key is None:
+            await self.app(scope, receive, send)
+            return
+        state = state_of(scope)
+        admission = state.admitted()
+        outcome = state.idempotency_outcome = admission.idempotency
+        metrics.IDEMPOTENCY_OUTCOMES.labels(outcome=outcome).inc()
+        if outcome == "replay":
+            response = stored_response(
+                admission.stored_status, admission.stored_body, replayed=True
+            )
+            await response(scope, receive, send)
+            return
+        if outcome == "reused":
+            raise ApiError(IDEMPOTENCY_KEY_REUSED, "this key was used with a different request")
+        if outcome == "in_use":
+            raise ApiError(IDEMPOTENCY_KEY_IN_USE, "a request with this key is still running",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        if outcome != "new":  # Redis did not answer: PostgreSQL's claim decides alone
+            await self.app(scope, receive, send)
+            return
+        await self.run_storing(scope, receive, send, state)
 
+    async def run_storing(
+        self, scope: Scope, receive: Receive, send: Send, state: RequestState
+    ) -> None:
+        """Run the new request; its marker becomes the stored answer, or goes."""
+        assert state.principal is not None
+        assert state.idempotency_key is not None
+        key_in_redis = redis_key(state.principal, state.idempotency_key)
+        batch = state.after_batch()
+        ttl_ms = self.services.settings.idempotency_ttl_s * 1000
+        started = False
 
-async def read_body(receive: Receive, bytes_max: int) -> bytes:
-    """The whole body, or 413 as soon as it grows past bytes_max."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > bytes_max:
-            raise ApiError(PAYLOAD_TOO_LARGE, f"the body is larger than {bytes_max} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+        async def send_storing(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                answer = state.answer
+                if answer is not None and answer.stored:
+                    batch.add("HSET", key_in_redis, "status", answer.status, "body", answer.body)
+                    batch.add("PEXPIRE", key_in_redis, ttl_ms)
+                else:
+                    batch.add("DEL", key_in_redis)
+            await send(message)
 
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the body again, once, then waits on the client as before."""
-    sent = False
-
-    async def receive_again() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive_again
+        try:
+            await self.app(scope, receive, send_storing)
+        except BaseException:
+            if not started:  # the request failed before it answered: free the key for a retry
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.services.redis.delete(key_in_redis)
+            raise

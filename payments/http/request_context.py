@@ -8,9 +8,10 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from payments.http.rules import RouteTable
+from payments.http.state import STATE_KEY, RequestState
 from payments.platform import metrics
 
 log = structlog.get_logger("payments.request")
@@ -18,10 +19,12 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a client's X-Request-ID,
 
 
 class RequestContextMiddleware:
-    """Binds request_id for every log line of the request and writes `request_finished`."""
+    """Finds the request's route and rules, starts its request state, binds request_id for every
+    log line of the request and writes `request_finished`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, routes: RouteTable) -> None:
         self.app = app
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,6 +35,8 @@ class RequestContextMiddleware:
         request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        route, rules = self.routes.find(scope["path"], scope["method"])
+        state = scope[STATE_KEY] = RequestState(route=route, rules=rules)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -47,10 +52,9 @@ class RequestContextMiddleware:
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
             duration_s = time.perf_counter() - started_at
-            route = route_template(scope)
             metrics.HTTP_REQUESTS.labels(scope["method"], route, f"{status // 100}xx").inc()
             metrics.HTTP_DURATION.labels(scope["method"], route).observe(duration_s)
-            principal = scope.get("payments.principal")
+            principal = state.principal
             log.info(
                 "request_finished",
                 method=scope["method"],
@@ -58,20 +62,6 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(duration_s * 1000, 2),
                 principal_id=principal.user_id if principal else None,
-                idempotency=scope.get("payments.idempotency_outcome"),
-                rate_limit_tier=scope.get("payments.rate_limit_tier"),
+                idempotency=state.idempotency_outcome,
+                rate_limit_tier=state.rate_limit_tier,
             )
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's template (/api/v1/transactions/{id}), never the raw path. Requests
-    answered before routing (401, 429, replays) are matched here; anything else is one label."""
-    route = scope.get("route")
-    if route is None:
-        app = scope.get("app")
-        for candidate in getattr(app, "routes", ()):
-            match, _ = candidate.matches(scope)
-            if match != Match.NONE:
-                route = candidate
-                break
-    return str(getattr(route, "path", "unmatched"))

@@ -1,4 +1,7 @@
-"""The response cache for the reads users repeat: their account list and first history page."""
+"""The response cache for the reads users repeat: their account list and first history page.
+
+Its part of the admission round trip reads the user's cache version and the entry; after a
+write, every user whose books the write changed has their version bumped before the answer goes."""
 
 from __future__ import annotations
 
@@ -6,12 +9,35 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.http.admission import Admission, AfterBatch
-from payments.http.idempotency import Answer
+from payments.http.state import RequestState, state_of
+from payments.identity.tokens import Principal
 from payments.platform import metrics, redis_keys
 from payments.services import Services
 
 VERSION_TTL_S = 86400  # longer than any entry lives, so an entry never outlives its version
+
+
+def view_of(scope: Scope, state: RequestState) -> str | None:
+    """The cached view a GET reads: the route's view, with the only query it may carry (a page
+    size, for the history); any other query is not cached."""
+    view = state.rules.cached_view
+    if scope["method"] != "GET" or view is None:
+        return None
+    query = scope.get("query_string", b"").decode("latin-1")
+    if not query:
+        return f"{view}:default" if view == "transactions" else view
+    if view != "transactions":
+        return None
+    if query.startswith("limit=") and "&" not in query and query[6:].isdigit() and len(query) <= 9:
+        return f"{view}:{int(query[6:])}"
+    return None
+
+
+def keys_of(principal: Principal, view: str) -> tuple[str, str]:
+    """The response cache's part of the admission round trip: the version, and the entry."""
+    return redis_keys.cache_version(principal.user_id), redis_keys.cache_entry(
+        principal.user_id, view
+    )
 
 
 class ResponseCacheMiddleware:
@@ -27,14 +53,14 @@ class ResponseCacheMiddleware:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or "payments.after" not in scope:
+        if scope["type"] != "http" or state_of(scope).admission is None:
             await self.app(scope, receive, send)
             return
-        view: str | None = scope.get("payments.cache_view")
-        if view is None:
-            await self.app(scope, receive, invalidating(scope, send))
+        state = state_of(scope)
+        if state.cache_view is None:
+            await self.app(scope, receive, invalidating(state, send))
             return
-        admission: Admission = scope["payments.http.admission"]
+        admission = state.admitted()
         if admission.cached_body is not None:
             metrics.CACHE_LOOKUPS.labels(result="hit").inc()
             hit = Response(admission.cached_body, media_type="application/json",
@@ -42,12 +68,14 @@ class ResponseCacheMiddleware:
             await hit(scope, receive, send)
             return
         metrics.CACHE_LOOKUPS.labels(result="miss").inc()
-        await self.app(scope, receive, self.filling(scope, send, view, admission.cache_version))
+        await self.app(scope, receive, self.filling(state, send, admission.cache_version))
 
-    def filling(self, scope: Scope, send: Send, view: str, version: str | None) -> Send:
+    def filling(self, state: RequestState, send: Send, version: str | None) -> Send:
         """Hold the response until its body is complete, queue the fill, then let it go."""
-        principal = scope["payments.principal"]
-        batch: AfterBatch = scope["payments.after"]
+        assert state.principal is not None
+        assert state.cache_view is not None
+        entry = redis_keys.cache_entry(state.principal.user_id, state.cache_view)
+        batch = state.after_batch()
         ttl_ms = self.services.settings.cache_ttl_s * 1000
         held: list[Message] = []
         chunks: list[bytes] = []
@@ -65,7 +93,6 @@ class ResponseCacheMiddleware:
                 return
             start = held.pop()
             if start["status"] == 200 and version is not None:
-                entry = redis_keys.cache_entry(principal.user_id, view)
                 batch.add("HSET", entry, "version", version, "body", b"".join(chunks))
                 batch.add("PEXPIRE", entry, ttl_ms)
             await send(start)
@@ -74,14 +101,13 @@ class ResponseCacheMiddleware:
         return send_filling
 
 
-def invalidating(scope: Scope, send: Send) -> Send:
+def invalidating(state: RequestState, send: Send) -> Send:
     """Bump the cache version of every user whose books the handler's answer changed."""
-    batch: AfterBatch = scope["payments.after"]
+    batch = state.after_batch()
 
     async def send_invalidating(message: Message) -> None:
         if message["type"] == "http.response.start":
-            answer: Answer | None = scope.get("payments.answer")
-            for user_id in answer.parties if answer is not None else ():
+            for user_id in state.answer.parties if state.answer is not None else ():
                 version_key = redis_keys.cache_version(user_id)
                 batch.add("INCR", version_key)
                 batch.add("EXPIRE", version_key, VERSION_TTL_S)

@@ -1,4 +1,4 @@
-"""HTTP handlers, one module per resource; app.py mounts them."""
+"""What handlers share: the caller, the body, JSON responses, pages, ids from the path."""
 
 from __future__ import annotations
 
@@ -9,17 +9,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from payments.http.errors import NOT_FOUND, ApiError
+from payments.http.state import state_of
 from payments.identity.tokens import Principal
 
 
 def principal_of(request: Request) -> Principal:
-    principal: Principal = request.scope["payments.principal"]
+    principal = state_of(request.scope).principal
+    if principal is None:
+        raise RuntimeError("a public route asked for the caller: AuthMiddleware did not run")
     return principal
 
 
 def body_of(request: Request) -> Any:
-    """The JSON body the idempotency layer read and parsed (None when there was none)."""
-    return request.scope.get("payments.body")
+    """The JSON body the admission layer read and parsed (None when it was empty)."""
+    body = state_of(request.scope).body
+    if body is None:
+        raise RuntimeError("no body was read: AdmissionMiddleware reads the body of a POST")
+    return body.payload
 
 
 def json_response(status: int, content: Any) -> Response:

@@ -3,24 +3,47 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
+from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.http.body import (
-    LoginIn,
-    LogoutIn,
-    RefreshIn,
-    RegisterIn,
-    to_minor_units,
-    validate_body,
-)
+from payments.http.body import RequestModel, validate_body
 from payments.http.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
 from payments.http.responses import body_of, json_response, principal_of
 from payments.identity import sessions
+from payments.money.amounts import to_minor_units
 from payments.platform import db
 from payments.platform.db import Q
 from payments.services import services
+
+Email = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254,
+                           pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+]  # fmt: skip
+RefreshToken = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class RegisterIn(RequestModel):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=8, max_length=128)]
+    full_name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
+
+
+class LoginIn(RequestModel):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class RefreshIn(RequestModel):
+    refresh_token: RefreshToken
+
+
+class LogoutIn(RequestModel):
+    refresh_token: RefreshToken | None = None
 
 
 async def register(request: Request) -> Response:

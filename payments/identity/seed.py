@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from payments.http.body import to_minor_units
-from payments.identity.tokens import Passwords
+from payments.identity.passwords import Passwords
+from payments.money.amounts import to_minor_units
 from payments.platform.db import Q
 from payments.platform.settings import Settings
 

@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from payments.http.admission import REDIS_ERRORS
 from payments.http.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
 from payments.identity.tokens import Principal, new_refresh_token, refresh_token_hash
 from payments.platform import redis_keys
 from payments.platform.db import DB_ERRORS, Q
+from payments.platform.redis_link import REDIS_ERRORS
 from payments.services import Services
 
 log = structlog.get_logger(__name__)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.http.body import AccountIn, check_currency, validate_body
+from payments.http.body import RequestModel, validate_body
 from payments.http.errors import NOT_FOUND, ApiError
-from payments.http.idempotency import IdempotencyRequest, answer_response
+from payments.http.idempotency import answer_response
 from payments.http.responses import body_of, page_response, principal_of
+from payments.http.state import state_of
+from payments.money.amounts import Currency, check_currency
 from payments.platform import db
 from payments.platform.db import Q
 from payments.services import services
 
 ACCOUNTS_PER_USER_MAX = 100  # one per currency; far fewer currencies exist
+
+
+class AccountIn(RequestModel):
+    currency: Currency
 
 
 async def list_accounts(request: Request) -> Response:
@@ -29,7 +35,7 @@ async def open_account(request: Request) -> Response:
     found = services(request)
     command = validate_body(AccountIn, body_of(request))
     currency = check_currency(command.currency)
-    key: IdempotencyRequest | None = request.scope.get("payments.http.idempotency")
+    key = state_of(request.scope).idempotency_key
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.open_account, principal_of(request).user_id, key and key.key, key and key.fingerprint,
         found.settings.idempotency_ttl_s, currency,

@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import asyncpg
+from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.http.body import (
-    TransferIn,
+from payments.http.body import RequestModel, validate_body
+from payments.http.errors import NOT_FOUND, ApiError
+from payments.http.idempotency import IdempotencyKey, answer_response
+from payments.http.pagination import decode_cursor, encode_cursor, page_limit
+from payments.http.responses import body_of, page_response, path_id, principal_of
+from payments.http.state import state_of
+from payments.money.amounts import (
+    AccountNumber,
+    Currency,
     check_amount,
     check_currency,
     to_minor_units,
-    validate_body,
 )
-from payments.http.errors import NOT_FOUND, ApiError
-from payments.http.idempotency import IdempotencyRequest, answer_response
-from payments.http.pagination import decode_cursor, encode_cursor, page_limit
-from payments.http.responses import body_of, page_response, path_id, principal_of
 from payments.platform import db, metrics
 from payments.platform.db import Q
 from payments.services import services
 
 NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
+
+
+class TransferIn(RequestModel):
+    to_account_number: AccountNumber
+    amount: Any  # a decimal string or a JsonNumber: check_amount() parses it, exactly
+    currency: Currency | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    from_account_number: AccountNumber | None = None
+
+
+def idempotency_key_of(request: Request) -> IdempotencyKey:
+    """The key of a money-moving request: its route requires one, so the layers found it."""
+    key = state_of(request.scope).idempotency_key
+    if key is None:
+        raise RuntimeError("a money-moving route ran without its idempotency key")
+    return key
 
 
 async def create_transfer(request: Request) -> Response:
@@ -31,7 +52,7 @@ async def create_transfer(request: Request) -> Response:
     command = validate_body(TransferIn, body_of(request))
     currency = check_currency(command.currency) if command.currency else None
     amount = check_amount(command.amount, currency, limit=found.settings.max_transfer_amount)
-    key: IdempotencyRequest = request.scope["payments.http.idempotency"]
+    key = idempotency_key_of(request)
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.transfer_funds, principal_of(request).user_id, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
@@ -89,7 +110,7 @@ async def reverse_transfer(request: Request) -> Response:
     found = services(request)
     principal = principal_of(request)
     transfer_id = path_id(request)
-    key: IdempotencyRequest = request.scope["payments.http.idempotency"]
+    key = idempotency_key_of(request)
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, transfer_id,

@@ -15,6 +15,11 @@ def client_tag(address: str) -> str:
     return f"{{ip:{address}}}"
 
 
+def login_tag(email_digest: str) -> str:
+    """The keys of one account's login attempts, whichever address they come from."""
+    return f"{{login:{email_digest}}}"
+
+
 def denylist_ready(user_id: int) -> str:
     """Present while Redis holds every recent revocation of this user's sessions. A Redis that
     restarted has lost them; they are copied back from PostgreSQL before Redis is trusted again."""

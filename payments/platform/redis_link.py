@@ -24,9 +24,11 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 Command = tuple[Any, ...]
+# What a Redis call may fail with, through this link or redis-py: every caller falls back on it.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class Script:

@@ -99,6 +99,8 @@ class Settings(BaseModel):
     rate_limit_global: RateLimit = RateLimit(name="global", count=100, period_s=900)
     rate_limit_auth: RateLimit = RateLimit(name="auth", count=10, period_s=60)
     rate_limit_transfer: RateLimit = RateLimit(name="transfer", count=10, period_s=60)
+    # Per account (email), whatever the address: one password is not guessed from many places.
+    rate_limit_login: RateLimit = RateLimit(name="login", count=10, period_s=900)
     idempotency_ttl_s: int = 86400
     idempotency_lock_ttl_s: int = 30  # a crashed request's in-flight marker frees its key
     idempotency_sweep_interval_s: int = 300  # how often expired durable keys are deleted
@@ -150,7 +152,7 @@ class Settings(BaseModel):
                 fields[field] = parse_duration_s(variable, env[variable])
         if env.get("REDIS_TIMEOUT"):
             fields["redis_timeout_s"] = parse_duration("REDIS_TIMEOUT", env["REDIS_TIMEOUT"])
-        for tier in ("global", "auth", "transfer"):
+        for tier in ("global", "auth", "transfer", "login"):
             variable = f"RATE_LIMIT_{tier.upper()}"
             if env.get(variable):
                 fields[f"rate_limit_{tier}"] = RateLimit.parse(tier, variable, env[variable])

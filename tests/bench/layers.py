@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from payments.http.idempotency_layer import IdempotencyMiddleware
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,12 +26,12 @@ from starlette.routing import Route
 from payments.app import connect_redis
 from payments.http.admission import Admitter
 from payments.http.auth import AuthMiddleware
-from payments.http.idempotency_layer import IdempotencyMiddleware
 from payments.http.problem import ProblemMiddleware
 from payments.http.rate_limit import RateLimitMiddleware
 from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
-from payments.identity.tokens import AccessTokens, Passwords
+from payments.identity.passwords import Passwords
+from payments.identity.tokens import AccessTokens
 from payments.platform.db import create_pool
 from payments.platform.embedded import servers
 from payments.platform.log import configure_logging

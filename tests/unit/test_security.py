@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from payments.http.errors import ApiError
 from payments.identity import tokens as security
-from payments.identity.tokens import AccessTokens, Passwords
+from payments.identity.passwords import Passwords
+from payments.identity.tokens import AccessTokens
 from payments.platform.settings import Settings
 
 SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40),

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from payments.http.body import (
-    TransferIn,
-    canonical_json,
-    check_amount,
-    parse_json,
-    to_decimal_text,
-    to_minor_units,
-    validate_body,
-)
+from payments.http.body import canonical_json, parse_json, validate_body
 from payments.http.errors import ApiError
+from payments.money.amounts import check_amount, to_decimal_text, to_minor_units
+from payments.money.transfers import TransferIn
 
 LIMIT = "1000000.00"
 
