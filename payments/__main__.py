@@ -1,4 +1,4 @@
-"""python -m payments run | serve | migrate | seed
+"""python -m payments run | serve | migrate | seed | create-admin --email E
 
 run: migrate, seed and serve. Without DATABASE_URL / REDIS_URL, an embedded PostgreSQL and Redis
 are started in the data folder for as long as the command runs."""
@@ -15,13 +15,14 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from payments.admin.create_admin import AdminError, create_admin, read_arguments
 from payments.identity.seed import seed
 from payments.platform.embedded import servers
 from payments.platform.log import configure_logging
 from payments.platform.migrate import migrate
 from payments.platform.settings import Settings, SettingsError
 
-COMMANDS = ("run", "serve", "migrate", "seed")
+COMMANDS = ("run", "serve", "migrate", "seed", "create-admin")
 # Named here rather than imported from payments.platform.metrics: importing prometheus_client before the
 # variable is set would put this process's metrics in memory instead of in the shared folder.
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"usage: python -m payments {' | '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    admin_email = read_arguments(argv[2:]) if command == "create-admin" else None
     try:
         settings = Settings.from_environ(os.environ)
     except SettingsError as error:
@@ -82,6 +84,13 @@ def main(argv: list[str]) -> int:
         asyncio.run(migrate(database_url))
         if command in ("run", "seed"):
             asyncio.run(seed(settings, database_url))
+        if admin_email is not None:
+            try:
+                created = asyncio.run(create_admin(settings, database_url, admin_email))
+            except AdminError as error:
+                print(f"payments: {error}", file=sys.stderr)
+                return 2
+            print(f"{admin_email} is an admin{' (created)' if created else ''}")
         if command in ("run", "serve"):
             prepare_metrics_directory(settings.data_dir / "metrics")
             log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
+from payments.admin import deposits
 from payments.http.admission import AdmissionMiddleware, Admitter
 from payments.http.auth import AuthMiddleware
 from payments.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
@@ -27,7 +28,17 @@ from payments.http.problem import ProblemMiddleware
 from payments.http.rate_limit import RateLimitMiddleware
 from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
-from payments.http.rules import MONEY, PUBLIC, READ, SIGN_IN, WRITE, RouteTable, RuledRoute, Rules
+from payments.http.rules import (
+    ADMIN_MONEY,
+    MONEY,
+    PUBLIC,
+    READ,
+    SIGN_IN,
+    WRITE,
+    RouteTable,
+    RuledRoute,
+    Rules,
+)
 from payments.identity import routes as auth
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
@@ -68,6 +79,7 @@ def routes() -> list[RuledRoute]:
         ),
         RuledRoute(f"{API}/transactions/{{id}}", GET=(transfers.get_transfer, READ)),
         RuledRoute(f"{API}/transactions/{{id}}/reverse", POST=(transfers.reverse_transfer, MONEY)),
+        RuledRoute(f"{API}/admin/deposits", POST=(deposits.create_deposit, ADMIN_MONEY)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
         RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),

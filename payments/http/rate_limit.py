@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from payments.http.errors import RATE_LIMITED, UNAVAILABLE, ApiError, problem_response
 from payments.http.state import RequestState, state_of
 from payments.platform import metrics, redis_keys
+from payments.platform.db import as_unavailable
 from payments.platform.settings import RateLimit, Settings
 from payments.services import Services
 
@@ -161,10 +162,11 @@ class RateLimitMiddleware:
             if refusal is not None:
                 raise refusal
             await self.app(scope, receive, send_with_budget)
-        except ApiError as error:
-            if started:
+        except Exception as error:
+            problem = error if isinstance(error, ApiError) else as_unavailable(error)
+            if started or problem is None:
                 raise
-            await problem_response(error)(scope, receive, send_with_budget)
+            await problem_response(problem)(scope, receive, send_with_budget)
 
     def refusal(self, state: RequestState, admission: Admission) -> ApiError | None:
         """429 for a spent tier, 503 when Redis cannot decide a strict tier, else the refusal an

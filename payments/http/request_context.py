@@ -36,7 +36,7 @@ class RequestContextMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route, rules = self.routes.find(scope["path"], scope["method"])
-        state = scope[STATE_KEY] = RequestState(route=route, rules=rules)
+        state = scope[STATE_KEY] = RequestState(request_id, route, rules)
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -34,6 +34,7 @@ SIGN_IN = Rules(public=True, tiers=("auth",))  # register, refresh: before there
 READ = Rules()  # an authenticated GET, counted against the global tier
 WRITE = Rules(idempotency="accepted")  # an authenticated POST that moves no money
 MONEY = Rules(tiers=("transfer",), idempotency="required")  # every POST that moves money
+ADMIN_MONEY = Rules(tiers=("transfer",), idempotency="required", admin=True)  # deposits
 
 
 class RuledRoute(Route):

@@ -25,6 +25,7 @@ STATE_KEY = "payments"
 class RequestState:
     """Set by RequestContextMiddleware, then filled in by each layer in turn."""
 
+    request_id: str  # the client's X-Request-ID when sane, else one made for it
     route: str  # the route template, for logs and metrics
     rules: Rules
     principal: Principal | None = None  # AuthMiddleware: who is calling

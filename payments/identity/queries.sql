@@ -1,7 +1,7 @@
 -- Users and login sessions: the queries of payments/identity, loaded into payments.platform.db.Q.
 
 -- name: register_user
-SELECT register_user($1, $2, $3, $4, $5);
+SELECT register_user_v1($1, $2, $3, $4, $5);
 
 -- name: user_by_email
 SELECT u.id, u.email, u.full_name, u.password_hash, u.role
@@ -45,3 +45,11 @@ SELECT r.family_id FROM refresh_token r JOIN token_family f ON f.id = r.family_i
 -- A user's sessions revoked within one access-token lifetime: their tokens may still be presented.
 SELECT f.id FROM token_family f
  WHERE f.user_id = $1 AND f.revoked_at > now() - make_interval(secs => $2);
+
+-- name: make_admin
+-- The user's role becomes admin; the audit log says who was made one, and how.
+WITH promoted AS (UPDATE app_user SET role = 'admin' WHERE lower(email) = lower($1) RETURNING id)
+INSERT INTO audit_log (actor_id, action, target, details)
+SELECT NULL, 'admin.granted', p.id::text, jsonb_build_object('by', 'create-admin command')
+  FROM promoted p
+RETURNING target::bigint AS user_id;

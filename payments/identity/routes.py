@@ -52,7 +52,7 @@ async def register(request: Request) -> Response:
     command = validate_body(RegisterIn, body_of(request))
     password_hash = await found.passwords.hash(command.password)
     settings = found.settings
-    opening_minor = to_minor_units(settings.opening_balance, settings.default_currency)
+    opening_minor = to_minor_units(settings.opening_balance_text, settings.default_currency)
     created = await db.run(settings, lambda: found.pool.fetchval(
         Q.register_user, command.email, command.full_name, password_hash,
         settings.default_currency, opening_minor,

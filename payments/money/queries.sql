@@ -1,20 +1,26 @@
 -- Accounts, transfers and the ledger: the queries of payments/money, loaded into
--- payments.platform.db.Q. Money moves only through the functions of sql/0002_money_functions.sql.
+-- payments.platform.db.Q. Money moves only through the versioned functions of sql/ (the _v1 ones of
+-- 0003): an API of the next release may call their successors against the same database.
 
 -- A money function's answer, and what its metrics need from the body (read here, in C, rather
 -- than by parsing the JSON again in Python): the amount and currency moved, or the problem code.
 -- name: transfer_funds
 SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
        body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
-  FROM transfer_funds($1, $2, $3, $4, $5, $6, $7, $8, $9);
+  FROM transfer_funds_v1($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: reverse_transfer
 SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
        body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
-  FROM reverse_transfer($1, $2, $3, $4, $5, $6);
+  FROM reverse_transfer_v1($1, $2, $3, $4, $5, $6);
+
+-- name: deposit
+SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
+       body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
+  FROM deposit_v1($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: open_account
-SELECT status, body, replayed, stored, parties FROM open_account($1, $2, $3, $4, $5);
+SELECT status, body, replayed, stored, parties FROM open_account_v1($1, $2, $3, $4, $5);
 
 -- name: first_account_body
 SELECT o.body::text FROM account_out o WHERE o.user_id = $1 ORDER BY o.id LIMIT 1;

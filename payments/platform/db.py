@@ -6,7 +6,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -53,11 +53,31 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     so asyncpg's default reset query would be one more round trip per request for nothing."""
 
 
+class Pool(asyncpg.Pool):  # type: ignore[misc]
+    """asyncpg's pool, whose every acquire waits at most acquire_timeout_s for a connection (its
+    own fetch, fetchrow and execute acquire through this too): a request that cannot get one in
+    time is answered 503 instead of queueing behind a saturated pool for ever."""
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=timeout or self.acquire_timeout_s)
+
+
 async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+    pool = Pool(
         database_url,
+        acquire_timeout_s=settings.db_acquire_timeout_s,
+        init_size=None,
         min_size=1,
         max_size=settings.db_pool_size_max,
+        max_queries=50_000,  # asyncpg's default: a connection is replaced after this many queries
+        max_inactive_connection_lifetime=300.0,  # asyncpg's default
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout_s,
         reset=_keep_session,
         server_settings={
@@ -68,10 +88,15 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
             "idle_in_transaction_session_timeout": "60000",
         },
     )
+    await pool
+    return pool
 
 
 # Serialization failures and deadlocks: nothing happened, the statement may run again.
 RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# A lock not had within lock_timeout (SQLSTATE 55P03): nothing happened, but the row is busy;
+# the client is asked to come back rather than the request holding a connection longer.
+BUSY = (asyncpg.LockNotAvailableError,)
 # The server went away, refuses connections, or is shutting down or restarting (SQLSTATE classes
 # 08 and 57, which also holds a statement cancelled by statement_timeout): the request cannot be
 # served safely now, and a retry with the same idempotency key will be. InternalClientError is
@@ -111,4 +136,9 @@ def as_unavailable(error: BaseException) -> ApiError | None:
     if isinstance(error, UNREACHABLE):
         log.warning("db_unavailable", error=type(error).__name__)
         return ApiError(UNAVAILABLE, "a dependency is unavailable", headers={"Retry-After": "1"})
+    if isinstance(error, BUSY):
+        log.warning("db_busy", error=type(error).__name__)
+        return ApiError(
+            UNAVAILABLE, "the database is busy, try again", headers={"Retry-After": "1"}
+        )
     return None
