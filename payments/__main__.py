@@ -42,6 +42,9 @@ def serve(settings: Settings) -> None:
         access_log=False,  # the app writes one canonical line per request instead
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level.lower(),
+        # uvicorn would otherwise read FORWARDED_ALLOW_IPS itself and trust loopback by default.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

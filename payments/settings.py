@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,6 +80,9 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # Addresses (or networks) of the proxies whose X-Forwarded-For names the client, comma
+    # separated; empty: no proxy is trusted and the client is the peer of the connection.
+    forwarded_allow_ips: str = ""
 
     jwt_secret: SecretStr = SecretStr("")
     jwt_key_id: str = "k1"  # the `kid` header; a new id with a new secret rotates the key
@@ -136,7 +140,7 @@ class Settings(BaseModel):
         for variable in (
             "DATABASE_URL", "REDIS_URL", "HOST", "PORT", "WORKERS", "OPENING_BALANCE",
             "DEFAULT_CURRENCY", "MAX_TRANSFER_AMOUNT", "LOG_LEVEL", "LOG_FORMAT", "ENV",
-            "DATA_DIR", "JWT_SECRET", "JWT_KEY_ID",
+            "DATA_DIR", "JWT_SECRET", "JWT_KEY_ID", "FORWARDED_ALLOW_IPS",
         ):  # fmt: skip
             take(variable)
         for variable, field in (
@@ -161,6 +165,16 @@ class Settings(BaseModel):
             names = sorted({str(e["loc"][0]).upper() for e in getattr(error, "errors", list)()})
             raise SettingsError(f"invalid settings: {', '.join(names) or error}") from None
         return settings.with_jwt_secret()
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, text: str) -> str:
+        """'10.0.0.5, 10.1.0.0/16' -> '10.0.0.5,10.1.0.0/16'. uvicorn would take a typo for a
+        name it never matches, and '*' for every client: both are refused here."""
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        for item in items:
+            ipaddress.ip_network(item)  # a ValueError: an address or network it is not
+        return ",".join(items)
 
     def with_jwt_secret(self) -> Settings:
         """Production must bring its own key; development keeps one generated key per data folder."""

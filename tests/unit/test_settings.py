@@ -68,3 +68,29 @@ def test_redis_timeout_and_lock_ttl(tmp_path: Path) -> None:
         dotenv=None,
     )
     assert (settings.redis_timeout_s, settings.idempotency_lock_ttl_s) == (0.1, 5)
+
+
+def test_edge_settings_default_to_trusting_no_proxy(tmp_path: Path) -> None:
+    settings = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    assert settings.forwarded_allow_ips == ""
+
+
+def test_edge_settings_are_read(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {"FORWARDED_ALLOW_IPS": " 10.0.0.5, ::1 ,10.1.0.0/16", "DATA_DIR": str(tmp_path)},
+        dotenv=None,
+    )
+    assert settings.forwarded_allow_ips == "10.0.0.5,::1,10.1.0.0/16"
+
+
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("FORWARDED_ALLOW_IPS", "*"),  # uvicorn's "trust every client", the hole this closes
+        ("FORWARDED_ALLOW_IPS", "proxy"),  # uvicorn would compare it as text, never matching
+        ("FORWARDED_ALLOW_IPS", "10.1.0.5/16"),  # host bits set: uvicorn would not parse it
+    ],
+)
+def test_bad_edge_settings_name_the_variable(tmp_path: Path, variable: str, text: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_environ({variable: text, "DATA_DIR": str(tmp_path)}, dotenv=None)
