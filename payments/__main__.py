@@ -45,6 +45,8 @@ def serve(settings: Settings) -> None:
         # uvicorn would otherwise read FORWARDED_ALLOW_IPS itself and trust loopback by default.
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -83,6 +83,8 @@ class Settings(BaseModel):
     # Addresses (or networks) of the proxies whose X-Forwarded-For names the client, comma
     # separated; empty: no proxy is trusted and the client is the peer of the connection.
     forwarded_allow_ips: str = ""
+    limit_concurrency: int = Field(1000, ge=1)  # per process, then 503: under 1,024 open files
+    keep_alive_timeout_s: int = 5  # an idle client connection is closed after this long
 
     jwt_secret: SecretStr = SecretStr("")
     jwt_key_id: str = "k1"  # the `kid` header; a new id with a new secret rotates the key
@@ -141,6 +143,7 @@ class Settings(BaseModel):
             "DATABASE_URL", "REDIS_URL", "HOST", "PORT", "WORKERS", "OPENING_BALANCE",
             "DEFAULT_CURRENCY", "MAX_TRANSFER_AMOUNT", "LOG_LEVEL", "LOG_FORMAT", "ENV",
             "DATA_DIR", "JWT_SECRET", "JWT_KEY_ID", "FORWARDED_ALLOW_IPS",
+            "LIMIT_CONCURRENCY",
         ):  # fmt: skip
             take(variable)
         for variable, field in (
@@ -149,6 +152,7 @@ class Settings(BaseModel):
             ("IDEMPOTENCY_TTL", "idempotency_ttl_s"),
             ("CACHE_TTL", "cache_ttl_s"),
             ("IDEMPOTENCY_LOCK_TTL", "idempotency_lock_ttl_s"),
+            ("KEEP_ALIVE_TIMEOUT", "keep_alive_timeout_s"),
         ):
             if env.get(variable):
                 fields[field] = parse_duration_s(variable, env[variable])

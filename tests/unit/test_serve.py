@@ -1,5 +1,6 @@
 """What `python -m payments serve` asks of uvicorn: no proxy trusted unless FORWARDED_ALLOW_IPS
-names one (uvicorn reads that variable by itself otherwise, and trusts loopback by default)."""
+names one, and the connection limits set explicitly (uvicorn reads some of them from the
+environment by itself otherwise)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def test_the_named_proxy_is_trusted(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     assert options["proxy_headers"] is True
     assert options["forwarded_allow_ips"] == "10.89.0.10"
+
+
+def test_connection_limits_are_passed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    options = uvicorn_options(
+        monkeypatch,
+        {"LIMIT_CONCURRENCY": "300", "KEEP_ALIVE_TIMEOUT": "20s", "DATA_DIR": str(tmp_path)},
+    )
+    assert (options["limit_concurrency"], options["timeout_keep_alive"]) == (300, 20)
