@@ -148,8 +148,11 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(IdempotencyMiddleware, services=found),  # replays, 409s, stored answers
         Middleware(ResponseCacheMiddleware, services=found),  # cached reads, invalidation
     ]
+    served = routes()
+    if settings.metrics_port is not None:  # the metrics have a listener of their own
+        served = [route for route in served if route.endpoint is not metrics.metrics_endpoint]
     app = Starlette(
-        routes=[*routes(), Mount(docs.ASSETS_PREFIX, app=docs.docs_assets())],
+        routes=[*served, Mount(docs.ASSETS_PREFIX, app=docs.docs_assets())],
         middleware=middleware,
         exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_error},
         lifespan=lifespan,

@@ -80,6 +80,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    metrics_port: int | None = Field(None, ge=1, le=65_535)  # set: /metrics leaves the API port
     # Addresses (or networks) of the proxies whose X-Forwarded-For names the client, comma
     # separated; empty: no proxy is trusted and the client is the peer of the connection.
     forwarded_allow_ips: str = ""
@@ -142,7 +143,7 @@ class Settings(BaseModel):
         for variable in (
             "DATABASE_URL", "REDIS_URL", "HOST", "PORT", "WORKERS", "OPENING_BALANCE",
             "DEFAULT_CURRENCY", "MAX_TRANSFER_AMOUNT", "LOG_LEVEL", "LOG_FORMAT", "ENV",
-            "DATA_DIR", "JWT_SECRET", "JWT_KEY_ID", "FORWARDED_ALLOW_IPS",
+            "DATA_DIR", "JWT_SECRET", "JWT_KEY_ID", "METRICS_PORT", "FORWARDED_ALLOW_IPS",
             "LIMIT_CONCURRENCY",
         ):  # fmt: skip
             take(variable)
@@ -168,6 +169,8 @@ class Settings(BaseModel):
             # Name the variables only: a value may be a secret.
             names = sorted({str(e["loc"][0]).upper() for e in getattr(error, "errors", list)()})
             raise SettingsError(f"invalid settings: {', '.join(names) or error}") from None
+        if settings.metrics_port == settings.port:
+            raise SettingsError("METRICS_PORT must differ from PORT")
         return settings.with_jwt_secret()
 
     @field_validator("forwarded_allow_ips")
