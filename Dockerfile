@@ -11,10 +11,13 @@ COPY pyproject.toml README.md ./
 COPY payments/ payments/
 COPY sql/ sql/
 RUN pip install --no-cache-dir .
+COPY openapi.yaml ./
 
-# Run from /app: `python -m payments` then imports the package from /app/payments, whose
-# migrations are read from /app/sql (the installed copy would look for them beside
-# site-packages, where the wheel does not put them).
+# Run from /app: `python -m payments` then imports the package from /app/payments, which reads
+# its migrations from /app/sql and the contract it serves at /openapi.yaml and /docs from
+# /app/openapi.yaml (the installed copy would look for both beside site-packages, where the
+# wheel does not put them). tests/unit/test_dockerfile.py checks that every file the package
+# reads is copied where it looks.
 RUN useradd --system --create-home --home-dir /home/payments --shell /usr/sbin/nologin payments \
  && mkdir -p /app/.data \
  && chown payments:payments /app/.data

@@ -10,6 +10,8 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -43,7 +45,34 @@ def serve(settings: Settings) -> None:
         access_log=False,  # the app writes one canonical line per request instead
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level.lower(),
+        # uvicorn would otherwise read FORWARDED_ALLOW_IPS itself and trust loopback by default.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
+
+
+@contextmanager
+def metrics_listener(settings: Settings) -> Iterator[None]:
+    """With METRICS_PORT set, Prometheus text on that port, every API process's metrics added
+    up, served by a thread of this process while the block runs."""
+    if settings.metrics_port is None:
+        yield
+        return
+    # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see MULTIPROCESS_DIR_VARIABLE).
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    listener, thread = start_http_server(settings.metrics_port, addr=settings.host,
+                                         registry=registry)  # fmt: skip
+    try:
+        yield
+    finally:
+        listener.shutdown()
+        listener.server_close()
+        thread.join()
 
 
 def prepare_metrics_directory(path: Path) -> None:
@@ -93,8 +122,10 @@ def main(argv: list[str]) -> int:
             print(f"{admin_email} is an admin{' (created)' if created else ''}")
         if command in ("run", "serve"):
             prepare_metrics_directory(settings.data_dir / "metrics")
-            log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
-            serve(settings)
+            log.info("serving", host=settings.host, port=settings.port, workers=settings.workers,
+                     metrics_port=settings.metrics_port)  # fmt: skip
+            with metrics_listener(settings):
+                serve(settings)
     return 0
 
 

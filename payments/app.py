@@ -163,6 +163,8 @@ def create_app(settings: Settings) -> Starlette:
             found.passwords.close()
 
     table = routes()
+    if settings.metrics_port is not None:  # the metrics have a listener of their own
+        table = [route for route in table if route.path != "/metrics"]
     middleware = [
         Middleware(RequestContextMiddleware, routes=RouteTable(table)),  # state, request id, log
         Middleware(ProblemMiddleware),  # renders ApiError raised by any layer below

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
@@ -9,7 +10,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from payments.money.amounts import CURRENCY_EXPONENTS, PLAIN_DECIMAL
 
@@ -109,6 +118,17 @@ class Settings(BaseModel):
     host: Annotated[str, Env("HOST"), Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Env("PORT"), Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Env("WORKERS"), Field(ge=1, le=64)] = 1
+    # Set: /metrics leaves the API port for a listener of its own on this one.
+    metrics_port: Annotated[int | None, Env("METRICS_PORT"), Field(ge=1, le=65_535)] = None
+    # Addresses (or networks) of the proxies whose X-Forwarded-For names the client, comma
+    # separated; empty: no proxy is trusted and the client is the peer of the connection.
+    forwarded_allow_ips: Annotated[str, Env("FORWARDED_ALLOW_IPS")] = ""
+    # Per process, then 503: under the usual limit of 1,024 open files.
+    limit_concurrency: Annotated[int, Env("LIMIT_CONCURRENCY"), Field(ge=1)] = 1000
+    # An idle client connection is closed after this long.
+    keep_alive_timeout_s: Annotated[
+        int, Env("KEEP_ALIVE_TIMEOUT", parse_duration_s), Field(ge=1)
+    ] = 5
 
     jwt_secret: Annotated[SecretStr, Env("JWT_SECRET")] = SecretStr("")
     # The `kid` header; a new id with a new secret rotates the key.
@@ -179,6 +199,22 @@ class Settings(BaseModel):
     # A Redis that hangs is treated as a Redis that is down.
     redis_timeout_s: Annotated[float, Env("REDIS_TIMEOUT", parse_seconds), Field(gt=0)] = 0.25
     shutdown_grace_s: int = 10  # in-flight requests get this long to finish on SIGTERM
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, text: str) -> str:
+        """'10.0.0.5, 10.1.0.0/16' -> '10.0.0.5,10.1.0.0/16'. uvicorn would take a typo for a
+        name it never matches, and '*' for every client: both are refused here."""
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        for item in items:
+            ipaddress.ip_network(item)  # a ValueError: an address or network it is not
+        return ",".join(items)
+
+    @model_validator(mode="after")
+    def check_ports(self) -> Settings:
+        if self.metrics_port == self.port:
+            raise ValueError("metrics_port: must differ from the API's port")
+        return self
 
     @model_validator(mode="after")
     def check_money(self) -> Settings:

@@ -1,7 +1,9 @@
-"""The Docker stack's files: compose.yaml, Prometheus's scrape config and the Grafana dashboard."""
+"""The Docker stack's files: compose.yaml, the nginx proxy's config, Prometheus's scrape config and
+the Grafana dashboard."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -12,13 +14,15 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from payments.platform import metrics
+from payments.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "compose.yaml"
 PROMETHEUS_PATH = ROOT / "ops" / "prometheus" / "prometheus.yml"
+NGINX_PATH = ROOT / "ops" / "nginx" / "nginx.conf"
 DASHBOARDS = ROOT / "ops" / "grafana" / "dashboards"
 DATASOURCE_UID = "prometheus"
-SERVICES = {"postgres", "redis", "api", "prometheus", "grafana"}
+SERVICES = {"postgres", "redis", "api", "proxy", "prometheus", "grafana"}
 METRIC_NAME = re.compile(r"\bpayments_[a-z_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -30,6 +34,23 @@ def load_yaml(path: Path) -> Any:
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = load_yaml(COMPOSE_PATH)
     return loaded
+
+
+def api_environment() -> dict[str, str]:
+    return {key: str(value) for key, value in compose()["services"]["api"]["environment"].items()}
+
+
+def nginx_directive(pattern: str) -> str:
+    """The one value of a directive in the shipped nginx.conf, e.g. `listen ([0-9]+)`."""
+    found = re.findall(rf"^\s*{pattern};", NGINX_PATH.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(found) == 1, f"nginx.conf has {len(found)} of {pattern!r}"
+    return str(found[0])
+
+
+def published(service: dict[str, Any]) -> dict[str, str]:
+    """Host port -> container port, from the short syntax ("8000:8080")."""
+    pairs = (str(port).rsplit(":", 2)[-2:] for port in service.get("ports", ()))
+    return {host: container for host, container in pairs}
 
 
 def bind_sources(service: dict[str, Any]) -> Iterator[str]:
@@ -105,18 +126,49 @@ def test_compose_has_the_stack_and_every_mounted_path_exists() -> None:
 
 def test_compose_runs_two_api_workers_and_publishes_the_ports() -> None:
     services = compose()["services"]
-    assert str(services["api"]["environment"]["WORKERS"]) == "2"
-    published = {
-        name: {str(port).split(":")[0] for port in service.get("ports", ())}
-        for name, service in services.items()
-    }
-    assert "8000" in published["api"]
-    assert "9090" in published["prometheus"]
-    assert "3000" in published["grafana"]
+    assert api_environment()["WORKERS"] == "2"
+    assert "8000" in published(services["proxy"])
+    assert "9090" in published(services["prometheus"])
+    assert "3000" in published(services["grafana"])
     assert str(services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"]) == "true"
 
 
-def test_prometheus_scrapes_the_api_metrics() -> None:
+def test_only_the_proxy_publishes_the_api() -> None:
+    """Clients reach the API through nginx and its limits, never around them."""
+    services = compose()["services"]
+    assert not services["api"].get("ports"), "the api service publishes a port of its own"
+    assert not services["postgres"].get("ports")
+    assert not services["redis"].get("ports")
+    proxy = services["proxy"]
+    assert published(proxy)["8000"] == nginx_directive(r"listen ([0-9]+)")
+    assert "./ops/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert nginx_directive(r"server ([a-z]+:[0-9]+)") == f"api:{api_environment()['PORT']}"
+
+
+def test_the_api_trusts_forwarded_addresses_from_the_proxy_only() -> None:
+    config = compose()
+    proxy_address = config["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+    subnets = [ipaddress.ip_network(c["subnet"]) for c in config["networks"]["default"]["ipam"]["config"]]  # fmt: skip
+    assert any(ipaddress.ip_address(proxy_address) in subnet for subnet in subnets)
+    assert api_environment()["FORWARDED_ALLOW_IPS"] == proxy_address
+
+
+def test_the_api_runs_in_production_with_a_secret_of_its_own() -> None:
+    environment = api_environment()
+    assert environment["ENV"] == "production"
+    # ${VAR:?message}: compose refuses to start without it; ${VAR:-default} would not.
+    assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]+\}", environment["JWT_SECRET"])
+
+
+def test_the_api_environment_is_valid_settings() -> None:
+    """What compose sets, the service accepts (a typo in a port or an address stops it)."""
+    environment = {**api_environment(), "JWT_SECRET": "x" * 48}
+    settings = Settings.from_environ(environment, dotenv=None)
+    assert settings.metrics_port is not None
+    assert settings.forwarded_allow_ips
+
+
+def test_prometheus_scrapes_the_api_metrics_port() -> None:
     config = load_yaml(PROMETHEUS_PATH)
     scrapes = [
         (job.get("metrics_path", "/metrics"), target)
@@ -124,7 +176,7 @@ def test_prometheus_scrapes_the_api_metrics() -> None:
         for static in job.get("static_configs", ())
         for target in static["targets"]
     ]
-    assert ("/metrics", "api:8000") in scrapes
+    assert ("/metrics", f"api:{api_environment()['METRICS_PORT']}") in scrapes
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:

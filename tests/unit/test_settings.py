@@ -74,3 +74,38 @@ def test_redis_timeout_and_lock_ttl(tmp_path: Path) -> None:
         dotenv=None,
     )
     assert (settings.redis_timeout_s, settings.idempotency_lock_ttl_s) == (0.1, 5)
+
+
+def test_edge_settings_default_to_trusting_no_proxy(tmp_path: Path) -> None:
+    settings = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    assert settings.forwarded_allow_ips == ""
+    assert settings.metrics_port is None
+    assert (settings.limit_concurrency, settings.keep_alive_timeout_s) == (1000, 5)
+
+
+def test_edge_settings_are_read(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {"FORWARDED_ALLOW_IPS": " 10.0.0.5, ::1 ,10.1.0.0/16", "METRICS_PORT": "9100",
+         "LIMIT_CONCURRENCY": "200", "KEEP_ALIVE_TIMEOUT": "1m", "DATA_DIR": str(tmp_path)},
+        dotenv=None,
+    )  # fmt: skip
+    assert settings.forwarded_allow_ips == "10.0.0.5,::1,10.1.0.0/16"
+    assert settings.metrics_port == 9100
+    assert (settings.limit_concurrency, settings.keep_alive_timeout_s) == (200, 60)
+
+
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("FORWARDED_ALLOW_IPS", "*"),  # uvicorn's "trust every client", the hole this closes
+        ("FORWARDED_ALLOW_IPS", "proxy"),  # uvicorn would compare it as text, never matching
+        ("FORWARDED_ALLOW_IPS", "10.1.0.5/16"),  # host bits set: uvicorn would not parse it
+        ("METRICS_PORT", "70000"),
+        ("METRICS_PORT", "8000"),  # the API's own port
+        ("LIMIT_CONCURRENCY", "0"),
+        ("KEEP_ALIVE_TIMEOUT", "5"),
+    ],
+)
+def test_bad_edge_settings_name_the_variable(tmp_path: Path, variable: str, text: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_environ({variable: text, "DATA_DIR": str(tmp_path)}, dotenv=None)
