@@ -66,3 +66,14 @@ def test_every_error_is_the_one_problem_schema() -> None:
         assert list(content) == ["application/problem+json"], (method, path, status)
         schema = content["application/problem+json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Problem"}, (method, path, status)
+
+
+def test_every_operation_takes_and_every_response_carries_the_request_id() -> None:
+    for item in spec()["paths"].values():
+        for method, operation in item.items():
+            if method in METHODS:
+                assert {"$ref": "#/components/parameters/XRequestId"} in operation["parameters"]
+    for method, path, status, response in responses():
+        assert "X-Request-ID" in response["headers"], (method, path, status)
+        if path.startswith("/api/v1/"):
+            assert "Cache-Control" in response["headers"], (method, path, status)
