@@ -48,6 +48,14 @@ docs-check: $(STAMP)
 	$(BIN)/pytest -q tests/api/test_docs_browser.py
 	$(BIN)/python -m tests.docs_check
 
+# The contract as tools read it: Redocly's linter (redocly.yaml; warnings are errors), then a
+# Python client generated from it, which must import and parse every error as the one Problem.
+REDOCLY_CLI := @redocly/cli@2.77.0
+.PHONY: contract-check
+contract-check: $(STAMP)
+	npx --yes $(REDOCLY_CLI) lint openapi.yaml
+	$(BIN)/python -m tests.contract_clients
+
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz
