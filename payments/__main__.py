@@ -111,7 +111,9 @@ def main(argv: list[str]) -> int:
             update={"database_url": database_url, "redis_url": redis_url}
         )
         asyncio.run(migrate(database_url))
-        if command in ("run", "seed"):
+        if command in ("run", "seed") and settings.env == "production":
+            log.info("seed_skipped", reason="the seed users' passwords are public")
+        elif command in ("run", "seed"):
             asyncio.run(seed(settings, database_url))
         if admin_email is not None:
             try:

@@ -45,7 +45,7 @@ from payments.identity.tokens import AccessTokens
 from payments.money import accounts, transfers
 from payments.operations import docs, health
 from payments.platform import metrics
-from payments.platform.db import create_pool
+from payments.platform.db import Q, create_pool
 from payments.platform.housekeeping import check_ledger_forever, sample_pool_forever, sweep_forever
 from payments.platform.log import configure_logging, flush_logs_forever
 from payments.platform.redis_link import RedisLink
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url is not None
         found.pool = await create_pool(settings, settings.database_url)
+        found.cursor_key = await found.pool.fetchval(Q.cursor_key)
         found.redis = connect_redis(settings)
         assert settings.redis_url is not None
         found.redis_link = RedisLink(settings.redis_url, settings.redis_timeout_s)

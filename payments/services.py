@@ -29,6 +29,7 @@ class Services:
     redis: Redis = field(init=False)
     redis_link: RedisLink = field(init=False)  # the request path's two round trips
     admitter: Admitter = field(init=False)
+    cursor_key: bytes = field(init=False)  # signs page cursors (service_key in the database)
 
 
 def services(request: Request) -> Services:

@@ -68,6 +68,16 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_action_idx ON audit_log (action, id);
 CREATE INDEX audit_log_actor_idx ON audit_log (actor_id, id);
 
+-- Keys of the service's own, made here once and shared by every API host: page cursors are
+-- signed with 'cursor', so that rotating the token key breaks no cursor in flight.
+CREATE TABLE service_key (
+    name    text  PRIMARY KEY CHECK (name ~ '^[a-z_]{1,32}$'),
+    secret  bytea NOT NULL CHECK (length(secret) = 32)
+);
+-- gen_random_uuid() draws from the server's strong random source: two of them, hashed.
+INSERT INTO service_key (name, secret)
+VALUES ('cursor', sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')));
+
 -- History is append-only: a transfer, a ledger entry or an audit row, once written, is never
 -- updated or deleted, whatever the role. A deliberate repair by an operator sets
 -- `SET LOCAL payments.history_repair = 'on'` in its own transaction (and leaves its own trace).

@@ -45,7 +45,12 @@ async def read_request_body(scope: Scope, receive: Receive, *, bytes_max: int) -
     raw = await read_body(receive, bytes_max)
     if not raw.strip():
         return RequestBody(raw, None)
+    check_media_type(scope)
     payload = parse_json(raw)
+    # Only an escape (\u0000, \ud800) or a surrogate's UTF-8 bytes (0xED 0xA0-0xBF) can bring a
+    # NUL or a lone surrogate into a string: most bodies need no walk.
+    if b"\\u" in raw or b"\xed" in raw:
+        check_text(payload, "")
     return RequestBody(raw, payload)
 
 
@@ -110,6 +115,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(
             body, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_refuse_constant,
+            object_pairs_hook=_unique_keys,
         )  # fmt: skip
     except (ValueError, RecursionError):
         raise ApiError(MALFORMED_JSON, "the request body is not valid JSON") from None

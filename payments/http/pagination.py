@@ -1,4 +1,7 @@
-"""Keyset pagination: the page size, and signed cursors (a cursor we did not issue is refused)."""
+"""Keyset pagination: the page size, and signed cursors (a cursor we did not issue is refused).
+
+Cursors are signed with a key of their own, made once by the migrations and kept in the database
+(service_key), so every API host shares it and rotating the token key breaks no cursor in flight."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import hashlib
 import hmac
 
 from payments.http.body import field_error
-from payments.platform.settings import Settings
 
 CURSOR_MAC_BYTES = 12
 
@@ -20,23 +22,22 @@ def page_limit(text: str | None, default: int, maximum: int) -> int:
     return int(text)
 
 
-def _mac(position: str, settings: Settings) -> bytes:
-    key = hashlib.sha256(b"cursor:" + settings.jwt_secret.get_secret_value().encode()).digest()
+def _mac(position: str, key: bytes) -> bytes:
     return hmac.new(key, position.encode(), hashlib.sha256).digest()[:CURSOR_MAC_BYTES]
 
 
-def encode_cursor(last_id: int, settings: Settings) -> str:
+def encode_cursor(last_id: int, key: bytes) -> str:
     position = str(last_id)
-    token = position.encode() + b"." + _mac(position, settings)
+    token = position.encode() + b"." + _mac(position, key)
     return base64.urlsafe_b64encode(token).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, settings: Settings) -> int:
+def decode_cursor(cursor: str, key: bytes) -> int:
     """The id a page continues below; 422 validation_error for a cursor we did not issue."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         position, _, mac = raw.partition(b".")
-        if position.isdigit() and hmac.compare_digest(mac, _mac(position.decode(), settings)):
+        if position.isdigit() and hmac.compare_digest(mac, _mac(position.decode(), key)):
             return int(position)
     except ValueError:
         pass

@@ -10,7 +10,7 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payments.http.rules import RouteTable
+from payments.http.rules import API_PREFIX, RouteTable
 from payments.http.state import STATE_KEY, RequestState
 from payments.platform import metrics
 
@@ -38,12 +38,16 @@ class RequestContextMiddleware:
         route, rules = self.routes.find(scope["path"], scope["method"])
         state = scope[STATE_KEY] = RequestState(request_id, route, rules)
         status = 500
+        private = scope["path"].startswith(API_PREFIX)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                if private:  # tokens and balances: no cache on the way may keep them
+                    headers["Cache-Control"] = "no-store"
             await send(message)
 
         metrics.HTTP_IN_FLIGHT.inc()

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from payments.http.body import is_text
 from payments.http.errors import NOT_FOUND, ApiError
 from payments.http.state import state_of
 from payments.identity.tokens import Principal
@@ -37,6 +38,15 @@ def page_response(bodies: list[str], next_cursor: str | None) -> Response:
     """A list of resources rendered by the database, wrapped without parsing them again."""
     content = f'{{"data":[{",".join(bodies)}],"next_cursor":{json.dumps(next_cursor)}}}'
     return Response(content.encode(), media_type="application/json")
+
+
+def path_text(request: Request, name: str) -> str:
+    """A path parameter that can be text; one with a NUL or a lone surrogate is a 404, like any
+    other that names nothing (no database or log line would take it)."""
+    text: str = request.path_params[name]
+    if not is_text(text):
+        raise ApiError(NOT_FOUND, "no such resource")
+    return text
 
 
 def path_id(request: Request, name: str = "id") -> int:

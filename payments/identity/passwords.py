@@ -42,14 +42,15 @@ class Passwords:
             initializer=lower_priority, initargs=(settings.password_hash_nice,),
         )  # fmt: skip
         self.slots = asyncio.Semaphore(settings.password_hash_queue_max)
-        self.queue_max = settings.password_hash_queue_max
+        self.per_client_max = settings.password_hash_per_client_max
+        self.held: dict[str, int] = {}  # places in the queue, by client address
         # Unknown emails are verified against this, so they cost what a wrong password costs.
         self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
 
-    async def hash(self, password: str) -> str:
-        return await self._in_pool(self.hasher.hash, password)
+    async def hash(self, password: str, *, client: str = "local") -> str:
+        return await self._in_pool(client, self.hasher.hash, password)
 
-    async def verify(self, password_hash: str | None, password: str) -> bool:
+    async def verify(self, password_hash: str | None, password: str, *, client: str) -> bool:
         """True when the password matches; an unknown user (None) costs the same and is False."""
 
         def check() -> bool:
@@ -58,19 +59,26 @@ class Passwords:
             except (VerificationError, InvalidHashError):
                 return False
 
-        matched = await self._in_pool(check)
+        matched = await self._in_pool(client, check)
         return matched and password_hash is not None
 
     def needs_rehash(self, password_hash: str) -> bool:
         return bool(self.hasher.check_needs_rehash(password_hash))
 
-    async def _in_pool(self, function: Callable[..., R], *arguments: str) -> R:
-        if self.slots.locked():
+    async def _in_pool(self, client: str, function: Callable[..., R], *arguments: str) -> R:
+        """Run in the pool, or 503 when the queue is full or this client holds its share of it."""
+        if self.slots.locked() or self.held.get(client, 0) >= self.per_client_max:
             raise ApiError(UNAVAILABLE, "too many sign-ins at once, try again",
                            headers={"Retry-After": "1"})  # fmt: skip
-        async with self.slots:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, function, *arguments)
+        self.held[client] = self.held.get(client, 0) + 1
+        try:
+            async with self.slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, function, *arguments)
+        finally:
+            self.held[client] -= 1
+            if not self.held[client]:
+                del self.held[client]
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from payments.http.body import RequestModel, validate_body
 from payments.http.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
+from payments.http.rate_limit import client_address
 from payments.http.responses import body_of, json_response, principal_of
 from payments.identity import sessions
 from payments.money.amounts import to_minor_units
@@ -50,7 +51,9 @@ async def register(request: Request) -> Response:
     """A user, their first account, and its opening balance paid through the ledger."""
     found = services(request)
     command = validate_body(RegisterIn, body_of(request))
-    password_hash = await found.passwords.hash(command.password)
+    password_hash = await found.passwords.hash(
+        command.password, client=client_address(request.scope)
+    )
     settings = found.settings
     opening_minor = to_minor_units(settings.opening_balance_text, settings.default_currency)
     created = await db.run(settings, lambda: found.pool.fetchval(
@@ -69,7 +72,9 @@ async def login(request: Request) -> Response:
     command = validate_body(LoginIn, body_of(request))
     user = await found.pool.fetchrow(Q.user_by_email, command.email)
     stored_hash = user["password_hash"] if user else None
-    if not await found.passwords.verify(stored_hash, command.password):
+    if not await found.passwords.verify(
+        stored_hash, command.password, client=client_address(request.scope)
+    ):
         raise ApiError(INVALID_CREDENTIALS, "the email or the password is wrong")
     assert user is not None
 
@@ -79,7 +84,9 @@ async def login(request: Request) -> Response:
     # Redis learns this user's revocations now, so the session's first request needs no fallback.
     await sessions.restore_denylist(found, user["id"])
     if found.passwords.needs_rehash(user["password_hash"]):
-        new_hash = await found.passwords.hash(command.password)
+        new_hash = await found.passwords.hash(
+            command.password, client=client_address(request.scope)
+        )
         await found.pool.execute(Q.rehash_password, user["id"], new_hash)
     user_out = {"id": user["id"], "email": user["email"], "full_name": user["full_name"]}
     return json_response(200, {**tokens, "user": user_out, "account": json.loads(account)})

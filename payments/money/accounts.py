@@ -8,7 +8,7 @@ from starlette.responses import Response
 from payments.http.body import RequestModel, validate_body
 from payments.http.errors import NOT_FOUND, ApiError
 from payments.http.idempotency import answer_response
-from payments.http.responses import body_of, page_response, principal_of
+from payments.http.responses import body_of, page_response, path_text, principal_of
 from payments.http.state import state_of
 from payments.money.amounts import Currency, check_currency
 from payments.platform import db
@@ -47,7 +47,7 @@ async def get_account(request: Request) -> Response:
     """The caller's own account; anyone else's is a 404, as if it did not exist."""
     found = services(request)
     body = await found.pool.fetchval(
-        Q.account_of_user, request.path_params["account_number"], principal_of(request).user_id
+        Q.account_of_user, path_text(request, "account_number"), principal_of(request).user_id
     )
     if body is None:
         raise ApiError(NOT_FOUND, "no such account")

@@ -84,12 +84,12 @@ async def list_transfers(request: Request) -> Response:
         request.query_params.get("limit"), settings.page_size_default, settings.page_size_max
     )
     cursor = request.query_params.get("cursor")
-    before_id = decode_cursor(cursor, settings) if cursor is not None else NO_CURSOR
+    before_id = decode_cursor(cursor, found.cursor_key) if cursor is not None else NO_CURSOR
     rows = await found.pool.fetch(
         Q.transfers_of_user, principal_of(request).user_id, before_id, limit + 1
     )
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["id"], settings) if len(rows) > limit else None
+    next_cursor = encode_cursor(page[-1]["id"], found.cursor_key) if len(rows) > limit else None
     return page_response([row["body"] for row in page], next_cursor)
 
 

@@ -82,9 +82,10 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         reset=_keep_session,
         server_settings={
             "application_name": "payments",
-            # A statement or lock wait that outlives the command timeout is cancelled server-side.
+            # A statement that outlives the command timeout is cancelled server-side, and a row
+            # lock waited for longer than the lock timeout is given up (503, Retry-After).
             "statement_timeout": str(int(settings.db_command_timeout_s * 1000)),
-            "lock_timeout": str(int(settings.db_command_timeout_s * 1000)),
+            "lock_timeout": str(int(settings.db_lock_timeout_s * 1000)),
             "idle_in_transaction_session_timeout": "60000",
         },
     )

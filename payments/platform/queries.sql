@@ -8,3 +8,6 @@ SELECT 1;
 DELETE FROM idempotency_key
  WHERE id IN (SELECT k.id FROM idempotency_key k WHERE k.expires_at <= now()
                ORDER BY k.expires_at LIMIT $1);
+
+-- name: cursor_key
+SELECT secret FROM service_key WHERE name = 'cursor';

@@ -195,6 +195,7 @@ class Settings(BaseModel):
     db_pool_size_max: int = 10  # per API process; PostgreSQL allows 100 connections by default
     db_command_timeout_s: float = 10.0  # a statement that takes longer is cancelled
     db_acquire_timeout_s: float = 5.0  # a request that waits longer for a connection gets 503
+    db_lock_timeout_s: float = 2.0  # a row lock not had by then: 503, come back (55P03)
     db_retries_max: int = 3  # serialization failures and deadlocks are retried this often
     # A Redis that hangs is treated as a Redis that is down.
     redis_timeout_s: Annotated[float, Env("REDIS_TIMEOUT", parse_seconds), Field(gt=0)] = 0.25

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
 import httpx
+from asgi_lifespan import LifespanManager
 from jose import jwt
 
+from payments.app import create_app
+from payments.platform.settings import Settings
+from tests.api.conftest import serving
 from tests.api.users import PASSWORD, log_in, new_user, send
 from tests.books import balance_minor
 
@@ -206,3 +211,48 @@ async def test_a_user_cannot_read_another_users_account_or_transaction(
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_login_flood_from_one_address_leaves_room_for_everyone_else(
+    settings: Settings,
+) -> None:
+    """40 logins at once from one address may hold only their share of the hashing queue: ten
+    real logins from ten other addresses, sent in the middle of the flood, all get in."""
+    fair = settings.model_copy(update={"password_hash_queue_max": 16,
+                                       "password_hash_per_client_max": 2,
+                                       "argon2_time_cost": 2, "argon2_memory_cost_kib": 8192})  # fmt: skip
+    app = create_app(fair)
+    async with LifespanManager(app):
+
+        def client_at(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 40000))
+            return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+        async with client_at("10.7.0.1") as setup:
+            users = [await new_user(setup, f"real{i}") for i in range(10)]
+        flooders = [client_at("10.6.6.6") for _ in range(40)]
+        real = [client_at(f"10.7.1.{i}") for i in range(10)]
+        flood = [c.post("/api/v1/auth/login", json={"email": users[0].email, "password": "guess"})
+                 for c in flooders]  # fmt: skip
+        logins = [c.post("/api/v1/auth/login", json={"email": u.email, "password": PASSWORD})
+                  for c, u in zip(real, users, strict=True)]  # fmt: skip
+        answers = await asyncio.gather(*flood[:20], *logins, *flood[20:])
+        for http in flooders + real:
+            await http.aclose()
+    real_codes = [a.status_code for a in answers[20:30]]
+    flood_codes = [a.status_code for a in answers[:20] + answers[30:]]
+    assert real_codes == [200] * 10
+    assert flood_codes.count(503) >= 30  # the flood got its share and no more
+    assert set(flood_codes) <= {401, 503}
+
+
+async def test_registration_mints_nothing_in_production(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    production = settings.model_copy(update={"env": "production"})
+    async with serving(production) as http:
+        registered = await http.post("/api/v1/auth/register", json={
+            "email": "prod@example.com", "password": "a long password", "full_name": "P"})  # fmt: skip
+    assert registered.status_code == 201
+    assert registered.json()["account"]["balance"] == "0.00"
+    assert await db.fetchval("SELECT count(*) FROM transfer") == 0

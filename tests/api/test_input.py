@@ -11,6 +11,7 @@ import pytest
 from tests.api.users import new_user, send
 from tests.books import balance_minor, transfer_count
 
+JSON = {"Content-Type": "application/json"}
 BAD_AMOUNTS = ["1e2", "NaN", "Infinity", "+5", ".5", "5.", "1,000", "50.000", "0", "0.00", "-5", " 5", "",
                None, True, [], {"v": 1}]  # fmt: skip
 
@@ -42,7 +43,7 @@ async def test_bad_json_numbers_are_validation_errors(
     alice = await new_user(client, "alice")
     body = raw[:-1] + b', "to_account_number": "AC0000000000000000"}'
     response = await client.post("/api/v1/transactions", content=body,
-                                 headers={**alice.auth, "Idempotency-Key": "n"})  # fmt: skip
+                                 headers={**alice.auth, **JSON, "Idempotency-Key": "n"})  # fmt: skip
     assert (response.status_code, response.json()["code"]) == (422, "validation_error")
 
 
@@ -51,7 +52,7 @@ async def test_json_numbers_are_exact(client: httpx.AsyncClient, db: asyncpg.Poo
     bob = await new_user(client, "bob")
     body = f'{{"to_account_number": "{bob.account_number}", "amount": 0.29}}'.encode()
     response = await client.post("/api/v1/transactions", content=body,
-                                 headers={**alice.auth, "Idempotency-Key": "n"})  # fmt: skip
+                                 headers={**alice.auth, **JSON, "Idempotency-Key": "n"})  # fmt: skip
     assert response.json()["amount"] == "0.29"
     assert await balance_minor(db, bob.account_number) == 100029
 
@@ -90,7 +91,7 @@ async def test_bodies_that_are_not_objects(
 ) -> None:
     alice = await new_user(client, "alice")
     response = await client.post("/api/v1/transactions", content=body,
-                                 headers={**alice.auth, "Idempotency-Key": "b"})  # fmt: skip
+                                 headers={**alice.auth, **JSON, "Idempotency-Key": "b"})  # fmt: skip
     assert (response.status_code, response.json()["code"]) == (status, code)
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -155,3 +156,128 @@ async def test_a_long_account_number_is_unknown_not_invalid(client: httpx.AsyncC
     alice = await new_user(client, "alice")
     response = await send(client, alice, "A" * 300, "1.00")
     assert (response.status_code, response.json()["code"]) == (422, "unknown_account")
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
+)
+async def test_a_body_that_is_not_json_by_its_media_type_is_415(
+    client: httpx.AsyncClient, db: asyncpg.Pool, content_type: str | None
+) -> None:
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = f'{{"to_account_number": "{bob.account_number}", "amount": "1.00"}}'.encode()
+    headers = {**alice.auth, "Idempotency-Key": "m"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await client.post("/api/v1/transactions", content=body, headers=headers)
+    assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
+    assert response.headers["accept-post"] == "application/json"
+    assert "ratelimit" in response.headers  # counted, and told so
+    assert await transfer_count(db) == 0
+    # Refused before it ran: the same key with the right media type goes through.
+    headers["Content-Type"] = "application/json; charset=utf-8"
+    response = await client.post("/api/v1/transactions", content=body, headers=headers)
+    assert response.status_code == 201, response.text
+
+
+async def test_an_object_that_repeats_a_key_is_malformed(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    """Two parsers could keep different amounts: neither is chosen."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = f'{{"to_account_number": "{bob.account_number}", "amount": "1.00", "amount": "900.00"}}'
+    response = await client.post("/api/v1/transactions", content=body.encode(),
+                                 headers={**alice.auth, **JSON, "Idempotency-Key": "d"})  # fmt: skip
+    assert (response.status_code, response.json()["code"]) == (400, "malformed_json")
+    assert await transfer_count(db) == 0
+
+
+NUL = "\\u0000"
+SURROGATE = "\\ud800"
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "keyed"),
+    [("/api/v1/auth/login", f'"email": "a{NUL}@x.io", "password": "pw"', False),
+     ("/api/v1/auth/register", f'"email": "n@x.io", "password": "a long pass", "full_name": "A{NUL}"', False),
+     ("/api/v1/transactions", f'"to_account_number": "AC1", "amount": "1", "description": "d{NUL}"', True),
+     ("/api/v1/transactions", f'"to_account_number": "AC{NUL}", "amount": "1"', True),
+     ("/api/v1/transactions", f'"to_account_number": "AC1", "amount": "1", "description": "{SURROGATE}"', True),
+     ("/api/v1/transactions", f'"to_account_number": "AC1", "amount": "1", "{SURROGATE}": 1', True),
+     ("/api/v1/accounts", f'"currency": "{SURROGATE}"', True)],
+)  # fmt: skip
+async def test_nul_and_lone_surrogates_are_validation_errors(
+    client: httpx.AsyncClient, db: asyncpg.Pool, path: str, fields: str, keyed: bool
+) -> None:
+    """Valid JSON, but no text column, log line or UTF-8 encoder takes it: 422, before anything
+    costly runs (the password hash) and after the limiter counted it."""
+    alice = await new_user(client, "alice")
+    headers = {**JSON, **(alice.auth if keyed else {}), "Idempotency-Key": uuid.uuid4().hex}
+    users_before = await db.fetchval("SELECT count(*) FROM app_user")
+    response = await client.post(path, content=("{" + fields + "}").encode(), headers=headers)
+    assert (response.status_code, response.json()["code"]) == (422, "validation_error")
+    assert "ratelimit" in response.headers
+    assert await db.fetchval("SELECT count(*) FROM app_user") == users_before
+    assert await transfer_count(db) == 0
+
+
+async def test_raw_surrogate_bytes_are_refused_too(client: httpx.AsyncClient) -> None:
+    alice = await new_user(client, "alice")
+    body = b'{"to_account_number": "AC1", "amount": "1", "description": "\xed\xa0\x80"}'
+    response = await client.post("/api/v1/transactions", content=body,
+                                 headers={**alice.auth, **JSON, "Idempotency-Key": "s"})  # fmt: skip
+    assert response.status_code in (400, 422)
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("number", ["AC%00", "AC%ED%A0%80", "%00"])
+async def test_a_nul_in_a_path_is_not_found(client: httpx.AsyncClient, number: str) -> None:
+    alice = await new_user(client, "alice")
+    response = await client.get(f"/api/v1/accounts/{number}", headers=alice.auth)
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+async def test_tokens_and_balances_are_never_stored_by_a_cache(client: httpx.AsyncClient) -> None:
+    """RFC 6749 section 5.1 for token responses; every /api/v1 answer carries no-store."""
+    registered = await client.post("/api/v1/auth/register", json={
+        "email": "store@example.com", "password": "a long password", "full_name": "S"})  # fmt: skip
+    assert registered.headers["cache-control"] == "no-store"
+    login = await client.post(
+        "/api/v1/auth/login", json={"email": "store@example.com", "password": "a long password"}
+    )
+    assert login.headers["cache-control"] == "no-store"
+    token = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": login.json()["refresh_token"]}
+    )
+    assert refreshed.headers["cache-control"] == "no-store"
+    for path in ("/api/v1/accounts", "/api/v1/accounts", "/api/v1/transactions", "/api/v1/nope"):
+        response = await client.get(path, headers=token)
+        assert response.headers["cache-control"] == "no-store", path
+    wrong = await client.post(
+        "/api/v1/auth/login", json={"email": "store@example.com", "password": "x"}
+    )
+    assert wrong.headers["cache-control"] == "no-store"
+    docs = await client.get("/openapi.yaml")
+    assert "cache-control" not in docs.headers
+
+
+async def test_every_body_has_one_compact_shape(client: httpx.AsyncClient) -> None:
+    """Bodies rendered by the database and by Python alike: no space after a colon or a comma."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    answers = [
+        await send(client, alice, bob.account_number, "1.00"),
+        await send(client, alice, "AC0000000000000000", "1.00"),
+        await client.get("/api/v1/accounts", headers=alice.auth),
+        await client.get("/api/v1/transactions", headers=alice.auth),
+        await client.get(f"/api/v1/accounts/{alice.account_number}", headers=alice.auth),
+        await client.post("/api/v1/auth/register", json={
+            "email": "shape@example.com", "password": "a long password", "full_name": "S"}),
+    ]  # fmt: skip
+    for response in answers:
+        assert b'": ' not in response.content, response.content
+        assert b'" :' not in response.content, response.content
+        assert b", " not in response.content.replace(b"the account holds", b""), response.content

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import httpx
+from redis.asyncio import Redis
 
 from payments.platform.settings import RateLimit, Settings
 from tests.api.conftest import serving
+from tests.api.test_idempotency import plant_marker
 from tests.api.users import new_user, send
 
 POLICY = re.compile(r'^"(\w+)";q=(\d+);w=(\d+)$')
@@ -123,3 +125,88 @@ async def test_a_401_carries_no_budget(client: httpx.AsyncClient) -> None:
     assert response.status_code == 401
     assert "ratelimit" not in response.headers
     assert "ratelimit-policy" not in response.headers
+
+
+async def test_t_is_the_seconds_until_more_quota_everywhere(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """draft-10's `t`: seconds until more quota becomes available. 0 while the quota is full,
+    one emission interval (60 / 10 = 6 s) once a request was spent, and on a 429 the same number
+    as Retry-After, never the time until the whole window is back."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    async with serving(tight(settings, transfer=(10, 60))) as http:
+        reads = await http.get("/api/v1/accounts", headers=alice.auth)
+        assert "transfer" not in budgets(reads)
+        states = []
+        for index in range(10):
+            response = await send(http, alice, bob.account_number, "1.00", key=f"t{index}")
+            assert response.status_code == 201
+            states.append(budgets(response)["transfer"])
+        assert [remaining for *_, remaining, _ in states] == list(range(9, -1, -1))
+        assert all(5 <= reset <= 6 for *_, reset in states), states
+        refused = await send(http, alice, bob.account_number, "1.00", key="t10")
+        assert refused.status_code == 429
+        retry_after = int(refused.headers["retry-after"])
+        assert budgets(refused)["transfer"][2:] == (0, retry_after)
+        assert 1 <= retry_after <= 6
+    async with serving(tight(settings, **{"global": (100, 900)})) as http:
+        fresh = await new_user(http, "fresh")
+        first = await http.get("/api/v1/accounts", headers=fresh.auth)
+        assert budgets(first)["global"][2:] == (99, 9)  # 900 / 100 = 9 s until the next unit
+
+
+async def test_refusals_before_the_handler_carry_the_budget(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """Each of these was counted against the global tier: each says what is left."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    body = {"to_account_number": bob.account_number, "amount": "1.00"}
+    auth = alice.auth
+    async with serving(tight(settings, **{"global": (50, 60)})) as http:
+        answers = {
+            "missing key": await http.post("/api/v1/transactions", json=body, headers=auth),
+            "invalid key": await http.post("/api/v1/transactions", json=body,
+                                           headers={**auth, "Idempotency-Key": ""}),
+            "malformed": await http.post("/api/v1/transactions", content=b"{",
+                                         headers={**auth, "Idempotency-Key": "m",
+                                                  "Content-Type": "application/json"}),
+            "too large": await http.post("/api/v1/transactions", json={**body, "d": "x" * 70_000},
+                                         headers={**auth, "Idempotency-Key": "l"}),
+            "not json": await http.post("/api/v1/transactions", content=b"a=1",
+                                        headers={**auth, "Idempotency-Key": "n"}),
+            "invalid": await http.post("/api/v1/transactions", json={"amount": "x"},
+                                       headers={**auth, "Idempotency-Key": "v"}),
+        }  # fmt: skip
+        await send(http, alice, bob.account_number, "1.00", key="used")
+        answers["reused"] = await send(http, alice, bob.account_number, "2.00", key="used")
+        await plant_marker(redis, alice, "busy", body, 30_000)
+        answers["in flight"] = await send(http, alice, bob.account_number, "1.00", key="busy")
+    expected = {"missing key": 400, "invalid key": 400, "malformed": 400, "too large": 413,
+                "not json": 415, "invalid": 422, "reused": 422, "in flight": 409}  # fmt: skip
+    assert {name: r.status_code for name, r in answers.items()} == expected
+    remaining = [budgets(answers[name])["global"][2] for name in expected]
+    assert remaining == sorted(remaining, reverse=True)  # each one counted
+    assert len(set(remaining)) == len(remaining)
+
+
+async def test_login_is_limited_per_account_from_any_address(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """One password is not guessed from many addresses: the login tier follows the email."""
+    user = await new_user(client)
+    limited = tight(settings, login=(3, 900))
+    codes = []
+    for address in ("10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"):
+        async with serving(limited, address) as http:
+            body = {"email": user.email.upper(), "password": "wrong password"}
+            response = await http.post("/api/v1/auth/login", json=body)
+            codes.append(response.status_code)
+    assert codes == [401, 401, 401, 429]
+    assert response.json()["tier"] == "login"
+    assert budgets(response)["login"][2] == 0
+    assert set(budgets(response)) == {"global", "auth", "login"}
+    async with serving(limited, "10.1.0.5") as http:  # another account is not held up
+        other = await new_user(http, "other")
+        assert other.token

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
+from pydantic import SecretStr
 
-from tests.api.users import new_user, send
+from payments.platform.settings import Settings
+from tests.api.conftest import serving
+from tests.api.users import log_in, make_admin, new_user, reverse, send
 from tests.books import balance_minor, transfer_count
 
 
@@ -201,23 +206,16 @@ async def test_reversal_rules(client: httpx.AsyncClient, db: asyncpg.Pool) -> No
     bob = await new_user(client, "bob")
     mallory = await new_user(client, "mallory")
     sent = (await send(client, alice, bob.account_number, "40.00")).json()
-
-    async def reverse(user: object, transfer_id: int, key: str) -> httpx.Response:
-        headers = {**user.auth, "Idempotency-Key": key}  # type: ignore[attr-defined]
-        return await client.post(
-            f"/api/v1/transactions/{transfer_id}/reverse", json={}, headers=headers
-        )
-
-    assert (await reverse(alice, sent["id"], "r1")).status_code == 403
-    assert (await reverse(mallory, sent["id"], "r2")).status_code == 404
-    assert (await reverse(bob, 999999, "r3")).status_code == 404
+    assert (await reverse(client, alice, sent["id"], key="r1")).status_code == 403
+    assert (await reverse(client, mallory, sent["id"], key="r2")).status_code == 404
+    assert (await reverse(client, bob, 999999, key="r3")).status_code == 404
     missing_key = await client.post(
         f"/api/v1/transactions/{sent['id']}/reverse", json={}, headers=bob.auth
     )
     assert missing_key.status_code == 400
     assert missing_key.json()["code"] == "idempotency_key_missing"
 
-    reversed_ = await reverse(bob, sent["id"], "r4")
+    reversed_ = await reverse(client, bob, sent["id"], key="r4")
     assert reversed_.status_code == 201, reversed_.text
     body = reversed_.json()
     assert (body["reverses"], body["kind"], body["amount"]) == (sent["id"], "reversal", "40.00")
@@ -225,10 +223,12 @@ async def test_reversal_rules(client: httpx.AsyncClient, db: asyncpg.Pool) -> No
         bob.account_number,
         alice.account_number,
     )
-    assert (await reverse(bob, sent["id"], "r4")).headers["idempotent-replayed"] == "true"
-    twice = await reverse(bob, sent["id"], "r5")
+    assert (await reverse(client, bob, sent["id"], key="r4")).headers[
+        "idempotent-replayed"
+    ] == "true"
+    twice = await reverse(client, bob, sent["id"], key="r5")
     assert (twice.status_code, twice.json()["code"]) == (409, "already_reversed")
-    not_reversible = await reverse(alice, body["id"], "r6")
+    not_reversible = await reverse(client, alice, body["id"], key="r6")
     assert (not_reversible.status_code, not_reversible.json()["code"]) == (409, "not_reversible")
     assert await balance_minor(db, alice.account_number) == 100000
     assert await balance_minor(db, bob.account_number) == 100000
@@ -244,3 +244,81 @@ async def test_a_reversal_needs_the_funds_back(client: httpx.AsyncClient, db: as
                                  headers={**bob.auth, "Idempotency-Key": "rev"})  # fmt: skip
     assert (response.status_code, response.json()["code"]) == (422, "insufficient_funds")
     assert await balance_minor(db, bob.account_number) == 10000
+
+
+async def test_concurrent_reversals_one_wins_every_other_is_409(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    """Eight reversals of one transfer at once, five times: one moves the money back, the other
+    seven are 409 already_reversed (they were 500 when the check read a snapshot taken before
+    the lock wait), and the money moved back exactly once."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    for round_ in range(5):
+        sent = (await send(client, alice, bob.account_number, "10.00")).json()
+        answers = await asyncio.gather(*(reverse(client, bob, sent["id"]) for _ in range(8)))
+        codes = sorted((a.status_code, a.json().get("code", "")) for a in answers)
+        assert codes == [(201, "")] + [(409, "already_reversed")] * 7, (round_, codes)
+    assert await balance_minor(db, alice.account_number) == 100000
+    assert await balance_minor(db, bob.account_number) == 100000
+    assert await db.fetchval("SELECT count(*) FROM transfer WHERE kind = 'reversal'") == 5
+
+
+async def test_an_opening_balance_does_not_exist_for_anyone_else(
+    client: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    """Its sender is a funding account, owned by nobody: a non-party still gets 404, not 403."""
+    alice = await new_user(client, "alice")
+    mallory = await new_user(client, "mallory")
+    opening = await db.fetchval(
+        "SELECT t.id FROM transfer t JOIN account a ON a.id = t.target_account_id"
+        " WHERE a.account_number = $1 AND t.kind = 'opening'", alice.account_number)  # fmt: skip
+    stranger = await reverse(client, mallory, opening)
+    assert (stranger.status_code, stranger.json()["code"]) == (404, "not_found")
+    own = await reverse(client, alice, opening)
+    assert (own.status_code, own.json()["code"]) == (409, "not_reversible")
+    admin = await make_admin(client, db)
+    by_admin = await reverse(client, admin, opening)
+    assert (by_admin.status_code, by_admin.json()["code"]) == (409, "not_reversible")
+
+
+async def test_a_row_lock_not_had_in_time_is_503_and_the_key_stays_free(
+    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    """lock_timeout (SQLSTATE 55P03) is a busy database, not a bug: 503 with Retry-After, nothing
+    moved, nothing stored with the key, and the same key goes through once the row is free."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    async with serving(settings.model_copy(update={"db_lock_timeout_s": 0.2})) as http:
+        async with db.acquire() as holder, holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM account WHERE account_number = $1 FOR UPDATE", bob.account_number
+            )
+            busy = await send(http, alice, bob.account_number, "5.00", key="held")
+        assert (busy.status_code, busy.json()["code"]) == (503, "unavailable")
+        assert busy.headers["retry-after"] == "1"
+        assert "ratelimit" in busy.headers
+        assert await transfer_count(db) == 0
+        retried = await send(http, alice, bob.account_number, "5.00", key="held")
+        assert retried.status_code == 201, retried.text
+    assert await balance_minor(db, bob.account_number) == 100500
+
+
+async def test_cursors_outlive_a_new_token_key(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Cursors are signed with a key of their own: rotating JWT_SECRET breaks none in flight."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    for _ in range(3):
+        await send(client, alice, bob.account_number, "1.00")
+    first = await client.get("/api/v1/transactions", params={"limit": "2"}, headers=alice.auth)
+    cursor = first.json()["next_cursor"]
+    rotated = settings.model_copy(update={"jwt_secret": SecretStr("rotated-" + "y" * 40),
+                                          "jwt_key_id": "k2"})  # fmt: skip
+    async with serving(rotated) as http:
+        fresh = await log_in(http, alice.email)
+        page = await http.get("/api/v1/transactions", params={"limit": "2", "cursor": cursor},
+                              headers=fresh.auth)  # fmt: skip
+    assert page.status_code == 200, page.text
+    assert len(page.json()["data"]) == 2

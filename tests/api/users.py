@@ -7,7 +7,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
+
+from payments.platform.db import Q
 
 PASSWORD = "correct horse battery"
 _numbers = itertools.count(1)
@@ -51,3 +54,19 @@ async def send(
     headers = {**sender.auth, "Idempotency-Key": key or uuid.uuid4().hex}
     body = {"to_account_number": recipient, "amount": amount, **fields}
     return await client.post("/api/v1/transactions", json=body, headers=headers)
+
+
+async def reverse(
+    client: httpx.AsyncClient, user: User, transfer_id: int, *, key: str | None = None
+) -> httpx.Response:
+    headers = {**user.auth, "Idempotency-Key": key or uuid.uuid4().hex}
+    return await client.post(
+        f"/api/v1/transactions/{transfer_id}/reverse", json={}, headers=headers
+    )
+
+
+async def make_admin(client: httpx.AsyncClient, db: asyncpg.Pool, name: str = "admin") -> User:
+    """A user made admin as create-admin makes one, logged in afresh (the role is in the token)."""
+    user = await new_user(client, name)
+    assert await db.fetchval(Q.make_admin, user.email) == user.user_id
+    return await log_in(client, user.email)

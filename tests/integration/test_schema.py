@@ -88,3 +88,77 @@ async def test_the_database_refuses_a_negative_balance_and_a_self_transfer(
     with pytest.raises(asyncpg.ForeignKeyViolationError):
         await db.execute("UPDATE account SET currency = 'usd' WHERE id = $1", account_id)
     await reset_books(db)
+
+
+async def test_the_schema_holds_the_books_rules_by_itself(db: asyncpg.Pool) -> None:
+    """Whatever a future function or a hand at psql does: a transfer's currency is both accounts',
+    a stored answer is whole, and history is never rewritten."""
+    await reset_books(db)
+    await db.fetchval(Q.register_user, "a@example.com", "A", "x" * 40, "USD", 500)
+    await db.fetchval(Q.register_user, "b@example.com", "B", "x" * 40, "EUR", 500)
+    usd, eur = await db.fetch(
+        "SELECT id FROM account WHERE kind = 'customer' ORDER BY currency DESC"
+    )
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute(
+            "INSERT INTO transfer (source_account_id, target_account_id, amount_minor, currency, kind)"
+            " VALUES ($1, $2, 1, 'USD', 'transfer')", usd["id"], eur["id"])  # fmt: skip
+    user_id = await db.fetchval("SELECT id FROM app_user LIMIT 1")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(
+            "INSERT INTO idempotency_key (principal_id, key, fingerprint, expires_at, response_status)"
+            " VALUES ($1, 'k', $2, now(), 201)", user_id, b"f" * 32)  # fmt: skip
+    for statement in ("UPDATE transfer SET amount_minor = 1", "DELETE FROM transfer",
+                      "UPDATE ledger_entry SET amount_minor = 1", "DELETE FROM ledger_entry"):  # fmt: skip
+        with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+            await db.execute(statement)
+    async with db.acquire() as conn, conn.transaction():
+        # An operator's deliberate repair says so, in its own transaction.
+        await conn.execute("SET LOCAL payments.history_repair = 'on'")
+        await conn.execute("UPDATE ledger_entry SET balance_after_minor = balance_after_minor")
+    await reset_books(db)
+
+
+async def test_money_functions_called_directly(db: asyncpg.Pool) -> None:
+    """The functions the API calls, without the API: one statement answers, commits the money
+    with the key's answer, and a retry of the key replays the same bytes."""
+    await reset_books(db)
+    registered = json.loads(
+        await db.fetchval(Q.register_user, "a@example.com", "A", "x" * 40, "USD", 10_000)
+    )
+    await db.fetchval(Q.register_user, "b@example.com", "B", "x" * 40, "USD", 0)
+    sender = registered["user"]["id"]
+    target = await db.fetchval("SELECT account_number FROM account a JOIN app_user u"
+                               " ON u.id = a.user_id WHERE u.email = 'b@example.com'")  # fmt: skip
+    key = ("k1", b"p" * 32, 3600)
+    first = await db.fetchrow(Q.transfer_funds, sender, *key, None, target, "12.34", None, "d")
+    assert (first["status"], first["replayed"], first["stored"]) == (201, False, True)
+    assert (first["amount"], first["currency"]) == ("12.34", "USD")
+    again = await db.fetchrow(Q.transfer_funds, sender, *key, None, target, "12.34", None, "d")
+    assert (again["status"], again["replayed"], again["body"]) == (201, True, first["body"])
+    other = await db.fetchrow(Q.transfer_funds, sender, "k1", b"q" * 32, 3600, None, target,
+                              "1.00", None, None)  # fmt: skip
+    assert (other["status"], other["code"]) == (422, "idempotency_key_reused")
+    poor = await db.fetchrow(Q.transfer_funds, sender, "k2", b"p" * 32, 3600, None, target,
+                             "1000.00", None, None)  # fmt: skip
+    assert (poor["status"], poor["code"], poor["stored"]) == (422, "insufficient_funds", True)
+    decimals = await db.fetchrow(Q.transfer_funds, sender, "k3", b"p" * 32, 3600, None, target,
+                                 "1.001", None, None)  # fmt: skip
+    assert (decimals["status"], decimals["code"], decimals["stored"]) == (
+        422,
+        "validation_error",
+        False,
+    )
+    assert await db.fetchval("SELECT count(*) FROM idempotency_key WHERE key = 'k3'") == 0
+    transfer_id = json.loads(first["body"])["id"]
+    reversed_ = await db.fetchrow(
+        Q.reverse_transfer, sender, True, "k4", b"r" * 32, 3600, transfer_id
+    )
+    assert reversed_["status"] == 201
+    twice = await db.fetchrow(Q.reverse_transfer, sender, True, "k5", b"r" * 32, 3600, transfer_id)
+    assert (twice["status"], twice["code"]) == (409, "already_reversed")
+    balances = await db.fetch(
+        "SELECT balance_minor FROM account WHERE kind = 'customer' ORDER BY id"
+    )
+    assert [row["balance_minor"] for row in balances] == [10_000, 0]
+    await reset_books(db)

@@ -68,4 +68,4 @@ async def test_password_hashing_runs_at_the_lower_priority_and_the_event_loop_do
     in_pool = await asyncio.get_running_loop().run_in_executor(passwords.executor, niceness)
     assert in_pool == max(SETTINGS.password_hash_nice, niceness())  # it can only be raised
     assert SETTINGS.password_hash_nice > niceness() == 0
-    assert await passwords.verify(await passwords.hash("a password"), "a password")
+    assert await passwords.verify(await passwords.hash("a password"), "a password", client="t")

@@ -109,3 +109,30 @@ def test_edge_settings_are_read(tmp_path: Path) -> None:
 def test_bad_edge_settings_name_the_variable(tmp_path: Path, variable: str, text: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_environ({variable: text, "DATA_DIR": str(tmp_path)}, dotenv=None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DEFAULT_CURRENCY", "usd"), ("DEFAULT_CURRENCY", "XYZ"), ("OPENING_BALANCE", "ten"),
+     ("OPENING_BALANCE", "-5"), ("OPENING_BALANCE", "1.001"), ("MAX_TRANSFER_AMOUNT", "0"),
+     ("MAX_TRANSFER_AMOUNT", "1e6"), ("LOG_LEVEL", "loud"), ("WORKERS", "0"), ("PORT", "70000"),
+     ("DATABASE_URL", "mysql://x"), ("REDIS_URL", "http://x"), ("METRICS_PORT", "8000"),
+     ("FORWARDED_ALLOW_IPS", "*"), ("KEEP_ALIVE_TIMEOUT", "soon"), ("ENV", "staging")],
+)  # fmt: skip
+def test_every_invalid_value_stops_start_up_naming_its_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_environ({variable: value, "DATA_DIR": str(tmp_path)}, dotenv=None)
+    assert variable in str(raised.value)
+    assert value not in str(raised.value).replace(variable, "")
+
+
+def test_the_opening_balance_is_zero_in_production(tmp_path: Path) -> None:
+    """Money enters production only through deposits; development and test keep 1000.00."""
+    common = {"DATA_DIR": str(tmp_path), "JWT_SECRET": "p" * 40}
+    production = Settings.from_environ({**common, "ENV": "production"}, dotenv=None)
+    assert production.opening_balance_text == "0"
+    assert Settings.from_environ(common, dotenv=None).opening_balance_text == "1000.00"
+    chosen = {**common, "ENV": "production", "OPENING_BALANCE": "5.00"}
+    assert Settings.from_environ(chosen, dotenv=None).opening_balance_text == "5.00"
