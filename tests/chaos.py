@@ -39,6 +39,8 @@ OPENING_MINOR = 100_000
 CLIENT_TIMEOUT_S = 2.0
 ATTEMPTS_MAX = 60  # per key; a key still unanswered after these is reported, not retried forever
 RETRY_PAUSE_S = 0.2
+REVERSED_SHARE = 0.05  # of the transfers answered 201, the recipient reverses this share...
+REVERSALS_AT_ONCE = 4  # ...with this many reversals at once, each with its own key
 READY_TIMEOUT_S = 60.0
 
 
@@ -53,8 +55,17 @@ class Transfer:
 
 
 @dataclass
+class Reversal:
+    key: str
+    original_id: int
+    status: int | None = None  # the definitive answer, if one came
+    body: dict[str, Any] | None = None
+
+
+@dataclass
 class Report:
     transfers: list[Transfer] = field(default_factory=list)
+    reversals: list[Reversal] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)  # what the clients met on the way
     faults: list[tuple[str, float]] = field(default_factory=list)  # fault, seconds until ready
     violations: list[str] = field(default_factory=list)
@@ -85,6 +96,33 @@ async def client(http: httpx.AsyncClient, users: list[FundedUser], deadline: flo
             else:  # 409 in flight, 429, 503: the same key again, later
                 report.errors[f"HTTP {response.status_code}"] += 1
                 await asyncio.sleep(RETRY_PAUSE_S)
+        if transfer.status == 201 and transfer.body and rng.random() < REVERSED_SHARE:
+            await asyncio.gather(*(reverse(http, target, transfer.body["id"], report)
+                                   for _ in range(REVERSALS_AT_ONCE)))  # fmt: skip
+
+
+async def reverse(http: httpx.AsyncClient, recipient: FundedUser, original_id: int,
+                  report: Report) -> None:  # fmt: skip
+    """One of several reversals of one transfer sent at once, each with its own key, retried
+    with that key until it has a definitive answer: 201 for one, 409 already_reversed (or 422
+    when the recipient spent the money) for the others."""
+    reversal = Reversal(uuid.uuid4().hex, original_id)
+    report.reversals.append(reversal)
+    headers = {"Authorization": f"Bearer {recipient.token}", "Idempotency-Key": reversal.key}
+    for _ in range(ATTEMPTS_MAX):
+        try:
+            response = await http.post(f"/api/v1/transactions/{original_id}/reverse", json={},
+                                       headers=headers, timeout=CLIENT_TIMEOUT_S)  # fmt: skip
+        except httpx.HTTPError as error:
+            report.errors[type(error).__name__] += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        code = response.json().get("code") if response.status_code >= 400 else None
+        if response.status_code in (201, 422) or code == "already_reversed":
+            reversal.status, reversal.body = response.status_code, response.json()
+            return
+        report.errors[f"HTTP {response.status_code}"] += 1
+        await asyncio.sleep(RETRY_PAUSE_S)
 
 
 async def until_ready(base_url: str, since: float) -> float:
@@ -170,9 +208,12 @@ async def check_books(database_url: str, report: Report) -> dict[str, int]:
             (row["principal_id"], row["key"]): row["ids"]
             for row in await conn.fetch(
                 "SELECT k.principal_id, k.key, array_agg(t.id) AS ids FROM transfer t"
-                " JOIN idempotency_key k ON k.id = t.idempotency_key_id GROUP BY 1, 2")
+                " JOIN idempotency_key k ON k.id = t.idempotency_key_id"
+                " WHERE t.kind = 'transfer' GROUP BY 1, 2")
         }  # fmt: skip
         transfers = await conn.fetchval("SELECT count(*) FROM transfer WHERE kind = 'transfer'")
+        reversed_by = {row["reverses_id"]: row["id"] for row in await conn.fetch(
+            "SELECT id, reverses_id FROM transfer WHERE kind = 'reversal'")}  # fmt: skip
     finally:
         await conn.close()
     if transfers != sum(len(ids) for ids in applied.values()):
@@ -189,13 +230,32 @@ async def check_books(database_url: str, report: Report) -> dict[str, int]:
                 )
         if transfer.status == 422 and ids:
             report.violations.append(f"key {transfer.key} answered 422 but moved money")
+    report.violations += reversal_violations(report.reversals, reversed_by)
     if report.errors["HTTP 500"]:
         report.violations.append(f"{report.errors['HTTP 500']} answers were 500, not 503")
     answered = Counter(str(t.status) for t in report.transfers)
+    reversals = Counter(str(r.status) for r in report.reversals)
     return {
         "transfers committed": int(transfers),
         **{f"answered {k}": v for k, v in answered.items()},
+        "reversals committed": len(reversed_by),
+        **{f"reversals answered {k}": v for k, v in reversals.items()},
     }
+
+
+def reversal_violations(reversals: list[Reversal], reversed_by: dict[int, int]) -> list[str]:
+    """A transfer reversed at most once, and a 201 for exactly the reversal that committed."""
+    violations = []
+    winners: Counter[int] = Counter()
+    for reversal in reversals:
+        if reversal.status == 201:
+            assert reversal.body is not None
+            winners[reversal.original_id] += 1
+            if reversed_by.get(reversal.original_id) != reversal.body["id"]:
+                violations.append(f"reversal {reversal.key} answered 201 but did not commit")
+    violations += [f"transfer {original} reversed {count} times by 201s"
+                   for original, count in winners.items() if count > 1]  # fmt: skip
+    return violations
 
 
 async def run(seconds: float, clients: int) -> Report:
@@ -241,7 +301,9 @@ def print_report(report: Report, counts: dict[str, int], seconds: float, clients
         print(f"  {name:<32} ready again after {ready_s:6.2f} s")
     for name, count in sorted(counts.items()):
         print(f"  {name:<32} {count:>8}")
-    unresolved = sum(t.status is None for t in report.transfers)
+    unresolved = sum(t.status is None for t in report.transfers) + sum(
+        r.status is None for r in report.reversals
+    )
     print(f"  {'keys without an answer':<32} {unresolved:>8}")
     print(f"  {'client retries, by cause':<32} {dict(report.errors)}")
     checks = ["money conserved to the cent", "no negative balance", "ledger sums to zero and matches",
