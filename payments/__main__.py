@@ -19,7 +19,7 @@ import uvicorn
 
 from payments.admin.create_admin import AdminError, create_admin, read_arguments
 from payments.identity.seed import seed
-from payments.platform.embedded import servers
+from payments.platform.embedded import EmbeddedMissing, servers
 from payments.platform.log import configure_logging
 from payments.platform.migrate import migrate
 from payments.platform.settings import Settings, SettingsError
@@ -102,6 +102,15 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        return run_command(command, settings, admin_email)
+    except EmbeddedMissing as error:
+        print(f"payments: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(command: str, settings: Settings, admin_email: str | None) -> int:
+    """The command, with its servers: the given ones, or embedded ones for as long as it runs."""
     with servers(settings.data_dir, database_url=settings.database_url,
                  redis_url=settings.redis_url) as (database_url, redis_url):  # fmt: skip
         # The API processes read these, so they use the servers started here.

@@ -35,7 +35,12 @@ def main() -> int:
         settings = make_settings(database_url, redis_url)
         asyncio.run(migrate(database_url))
         asyncio.run(seed(settings, database_url))
-        limits = {"RATE_LIMIT_GLOBAL": HIGH, "RATE_LIMIT_AUTH": HIGH, "RATE_LIMIT_TRANSFER": HIGH}
+        limits = {
+            "RATE_LIMIT_GLOBAL": HIGH,
+            "RATE_LIMIT_AUTH": HIGH,
+            "RATE_LIMIT_TRANSFER": HIGH,
+            "RATE_LIMIT_LOGIN": HIGH,
+        }
         with server(settings, Path(scratch), workers=1, **limits) as (base_url, _):
             email, _, password, _, _ = SEED_USERS[0]
             login = httpx.post(

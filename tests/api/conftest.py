@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from payments.app import create_app
 from payments.platform.settings import Settings
+from tests.api.users import User, new_user
 from tests.books import assert_books_balance, reset_books
 
 
@@ -45,6 +46,18 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+@pytest.fixture
+async def alice(client: httpx.AsyncClient) -> User:
+    """A new user, registered and logged in, whose first account holds the opening 1000.00 USD."""
+    return await new_user(client, "alice")
+
+
+@pytest.fixture
+async def bob(client: httpx.AsyncClient) -> User:
+    """Another, funded the same way."""
+    return await new_user(client, "bob")
 
 
 @asynccontextmanager

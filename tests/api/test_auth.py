@@ -13,7 +13,7 @@ from jose import jwt
 from payments.app import create_app
 from payments.platform.settings import Settings
 from tests.api.conftest import serving
-from tests.api.users import PASSWORD, log_in, new_user, send
+from tests.api.users import PASSWORD, User, log_in, new_user, send
 from tests.books import balance_minor
 
 REGISTER = "/api/v1/auth/register"
@@ -191,9 +191,9 @@ async def test_bad_tokens_are_401(client: httpx.AsyncClient) -> None:
 
 async def test_a_user_cannot_read_another_users_account_or_transaction(
     client: httpx.AsyncClient,
+    alice: User,
+    bob: User,
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     mallory = await new_user(client, "mallory")
     sent = await send(client, alice, bob.account_number, "5.00")
     transfer_id = sent.json()["id"]

@@ -9,7 +9,7 @@ import httpx
 from redis.asyncio import Redis
 
 from payments.platform import redis_keys
-from tests.api.users import new_user, send
+from tests.api.users import User, new_user, send
 
 
 async def test_a_second_read_is_a_hit(client: httpx.AsyncClient) -> None:
@@ -23,9 +23,9 @@ async def test_a_second_read_is_a_hit(client: httpx.AsyncClient) -> None:
     assert [r.headers["cache-status"] for r in history] == ["payments; fwd=miss", "payments; hit"]
 
 
-async def test_entries_are_per_user_and_per_page_size(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_entries_are_per_user_and_per_page_size(
+    client: httpx.AsyncClient, alice: User, bob: User
+) -> None:
     await client.get("/api/v1/accounts", headers=alice.auth)
     bobs = await client.get("/api/v1/accounts", headers=bob.auth)
     assert bobs.headers["cache-status"] == "payments; fwd=miss"
@@ -35,9 +35,9 @@ async def test_entries_are_per_user_and_per_page_size(client: httpx.AsyncClient)
     assert small.headers["cache-status"] == "payments; fwd=miss"
 
 
-async def test_later_pages_are_not_cached(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_later_pages_are_not_cached(
+    client: httpx.AsyncClient, alice: User, bob: User
+) -> None:
     await send(client, alice, bob.account_number, "1.00")
     cursor = (
         await client.get("/api/v1/transactions", params={"limit": "1"}, headers=alice.auth)
@@ -48,9 +48,9 @@ async def test_later_pages_are_not_cached(client: httpx.AsyncClient) -> None:
     assert "cache-status" not in page.headers
 
 
-async def test_a_transfer_invalidates_both_parties(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_a_transfer_invalidates_both_parties(
+    client: httpx.AsyncClient, alice: User, bob: User
+) -> None:
     for user in (alice, bob):
         await client.get("/api/v1/accounts", headers=user.auth)
         await client.get("/api/v1/transactions", headers=user.auth)
@@ -65,12 +65,10 @@ async def test_a_transfer_invalidates_both_parties(client: httpx.AsyncClient) ->
 
 
 async def test_a_fill_that_raced_a_write_is_never_served(
-    client: httpx.AsyncClient, redis: Redis
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis
 ) -> None:
     """A reader loads the page, a transfer commits and bumps the version, then the reader's fill
     lands: it carries the old version, so the next read misses and sees the new balance."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     await client.get("/api/v1/accounts", headers=alice.auth)
     version_before = await redis.get(redis_keys.cache_version(alice.user_id))
     stale = (await client.get("/api/v1/accounts", headers=alice.auth)).content
@@ -85,9 +83,9 @@ async def test_a_fill_that_raced_a_write_is_never_served(
 
 async def test_reads_racing_transfers_always_see_the_writers_own_writes(
     client: httpx.AsyncClient,
+    alice: User,
+    bob: User,
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     stop = asyncio.Event()
 
     async def keep_reading() -> None:

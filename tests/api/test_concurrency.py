@@ -43,10 +43,8 @@ async def test_concurrent_transfers_in_both_directions_lose_nothing(
 
 
 async def test_twenty_requests_with_one_key_move_money_once(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     responses = await asyncio.gather(
         *(send(client, alice, bob.account_number, "25.00", key="same-key") for _ in range(20))
     )

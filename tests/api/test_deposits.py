@@ -57,8 +57,9 @@ async def test_an_admin_deposits_from_the_funding_account_and_it_is_audited(
     assert await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'deposit.created'") == 1
 
 
-async def test_only_an_admin_may_deposit(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
+async def test_only_an_admin_may_deposit(
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool
+) -> None:
     response = await deposit(client, alice, alice.account_number, "1000000.00")
     assert (response.status_code, response.json()["code"]) == (403, "forbidden")
     assert "ratelimit" in response.headers

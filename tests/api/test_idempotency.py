@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from payments.http.idempotency import fingerprint
 from payments.platform import redis_keys
 from payments.platform.housekeeping import sweep_expired_keys
-from tests.api.users import User, new_user, send
+from tests.api.users import User, send
 from tests.books import balance_minor, transfer_count
 
 
@@ -28,10 +28,8 @@ async def plant_marker(
 
 
 async def test_a_key_in_flight_is_409_and_another_body_422(
-    client: httpx.AsyncClient, redis: Redis, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "3.00"}
     await plant_marker(redis, alice, "running", body, ttl_ms=30_000)
     busy = await send(client, alice, bob.account_number, "3.00", key="running")
@@ -43,11 +41,9 @@ async def test_a_key_in_flight_is_409_and_another_body_422(
 
 
 async def test_a_stale_marker_frees_the_key(
-    client: httpx.AsyncClient, redis: Redis, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis, db: asyncpg.Pool
 ) -> None:
     """A request that crashed leaves its marker; once it expires the retry runs, once."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "3.00"}
     await plant_marker(redis, alice, "crashed", body, ttl_ms=150)
     await asyncio.sleep(0.3)
@@ -56,9 +52,9 @@ async def test_a_stale_marker_frees_the_key(
     assert await transfer_count(db) == 1
 
 
-async def test_the_fast_copy_is_the_stored_answer(client: httpx.AsyncClient, redis: Redis) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_the_fast_copy_is_the_stored_answer(
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis
+) -> None:
     first = await send(client, alice, bob.account_number, "3.00", key="copied")
     stored = await redis.hgetall(redis_keys.idempotency(alice.user_id, "copied"))
     assert stored[b"status"] == b"201"
@@ -67,10 +63,8 @@ async def test_the_fast_copy_is_the_stored_answer(client: httpx.AsyncClient, red
 
 
 async def test_a_retry_after_redis_lost_everything_replays_from_postgres(
-    client: httpx.AsyncClient, redis: Redis, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     first = await send(client, alice, bob.account_number, "8.00", key="durable")
     await redis.flushdb()
     again = await send(client, alice, bob.account_number, "8.00", key="durable")
@@ -83,9 +77,9 @@ async def test_a_retry_after_redis_lost_everything_replays_from_postgres(
     assert (await redis.hget(redis_keys.idempotency(alice.user_id, "durable"), "status")) == b"201"
 
 
-async def test_a_refused_request_frees_its_marker(client: httpx.AsyncClient, redis: Redis) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_a_refused_request_frees_its_marker(
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis
+) -> None:
     yen = (await client.post("/api/v1/accounts", json={"currency": "JPY"}, headers=bob.auth)).json()
     refused = await send(client, alice, yen["account_number"], "1.5", key="fix-me")
     assert refused.json()["code"] == "validation_error"
@@ -93,10 +87,8 @@ async def test_a_refused_request_frees_its_marker(client: httpx.AsyncClient, red
 
 
 async def test_a_key_past_its_retention_is_new_again(
-    client: httpx.AsyncClient, redis: Redis, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, redis: Redis, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     await send(client, alice, bob.account_number, "2.00", key="old")
     await db.execute("UPDATE idempotency_key SET expires_at = now() - interval '1 second'")
     await redis.delete(redis_keys.idempotency(alice.user_id, "old"))
@@ -107,10 +99,8 @@ async def test_a_key_past_its_retention_is_new_again(
 
 
 async def test_the_sweep_deletes_expired_keys_and_keeps_history(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     for n in range(3):
         await send(client, alice, bob.account_number, "1.00", key=f"k{n}")
     await db.execute(

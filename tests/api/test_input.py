@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.api.users import new_user, send
+from tests.api.users import User, send
 from tests.books import balance_minor, transfer_count
 
 JSON = {"Content-Type": "application/json"}
@@ -18,10 +18,8 @@ BAD_AMOUNTS = ["1e2", "NaN", "Infinity", "+5", ".5", "5.", "1,000", "50.000", "0
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
 async def test_bad_amounts_are_validation_errors(
-    client: httpx.AsyncClient, db: asyncpg.Pool, amount: object
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, amount: object
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     key = uuid.uuid4().hex
     response = await send(client, alice, bob.account_number, amount, key=key)
     assert response.status_code == 422, response.text
@@ -38,18 +36,17 @@ async def test_bad_amounts_are_validation_errors(
     "raw", [b'{"amount": 1e2}', b'{"amount": 1E+2}', b'{"amount": -5}', b'{"amount": 0}']
 )
 async def test_bad_json_numbers_are_validation_errors(
-    client: httpx.AsyncClient, raw: bytes
+    client: httpx.AsyncClient, alice: User, raw: bytes
 ) -> None:
-    alice = await new_user(client, "alice")
     body = raw[:-1] + b', "to_account_number": "AC0000000000000000"}'
     response = await client.post("/api/v1/transactions", content=body,
                                  headers={**alice.auth, **JSON, "Idempotency-Key": "n"})  # fmt: skip
     assert (response.status_code, response.json()["code"]) == (422, "validation_error")
 
 
-async def test_json_numbers_are_exact(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_json_numbers_are_exact(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     body = f'{{"to_account_number": "{bob.account_number}", "amount": 0.29}}'.encode()
     response = await client.post("/api/v1/transactions", content=body,
                                  headers={**alice.auth, **JSON, "Idempotency-Key": "n"})  # fmt: skip
@@ -57,20 +54,16 @@ async def test_json_numbers_are_exact(client: httpx.AsyncClient, db: asyncpg.Poo
     assert await balance_minor(db, bob.account_number) == 100029
 
 
-async def test_amount_over_the_maximum(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_amount_over_the_maximum(client: httpx.AsyncClient, alice: User, bob: User) -> None:
     for amount in ("1000000.01", "99999999999999999999999999"):
         response = await send(client, alice, bob.account_number, amount)
         assert (response.status_code, response.json()["code"]) == (422, "amount_too_large")
 
 
 async def test_decimals_are_checked_against_the_recipients_currency(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
     """No currency named: the transfer takes the recipient's, and JPY has no minor digits."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     yen = (await client.post("/api/v1/accounts", json={"currency": "JPY"}, headers=bob.auth)).json()
     response = await send(client, alice, yen["account_number"], "5.5", key="yen")
     assert (response.status_code, response.json()["code"]) == (422, "validation_error")
@@ -87,18 +80,17 @@ async def test_decimals_are_checked_against_the_recipients_currency(
      (b"", 422, "validation_error")],
 )  # fmt: skip
 async def test_bodies_that_are_not_objects(
-    client: httpx.AsyncClient, body: bytes, status: int, code: str
+    client: httpx.AsyncClient, alice: User, body: bytes, status: int, code: str
 ) -> None:
-    alice = await new_user(client, "alice")
     response = await client.post("/api/v1/transactions", content=body,
                                  headers={**alice.auth, **JSON, "Idempotency-Key": "b"})  # fmt: skip
     assert (response.status_code, response.json()["code"]) == (status, code)
     assert response.headers["content-type"] == "application/problem+json"
 
 
-async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_a_body_over_the_limit_is_413(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     body = {
         "to_account_number": bob.account_number,
         "amount": "1.00",
@@ -111,9 +103,9 @@ async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient, db: async
     assert await transfer_count(db) == 0
 
 
-async def test_key_header_errors(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_key_header_errors(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     body = {"to_account_number": bob.account_number, "amount": "1.00"}
     cases = [({}, "idempotency_key_missing"), ({"Idempotency-Key": "x" * 256}, "idempotency_key_invalid"),
              ({"Idempotency-Key": "a", "X-Idempotency-Key": "b"}, "idempotency_key_invalid")]  # fmt: skip
@@ -125,8 +117,7 @@ async def test_key_header_errors(client: httpx.AsyncClient, db: asyncpg.Pool) ->
     assert await transfer_count(db) == 0
 
 
-async def test_other_fields_are_validated(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_other_fields_are_validated(client: httpx.AsyncClient, alice: User) -> None:
     for fields in ({"to_account_number": ""}, {"to_account_number": 12}, {"currency": "usd"},
                    {"currency": "XYZ"}, {"description": "d" * 501}, {"from_account_number": ""},
                    {"unexpected": 1}):  # fmt: skip
@@ -136,8 +127,9 @@ async def test_other_fields_are_validated(client: httpx.AsyncClient) -> None:
         assert (response.status_code, response.json()["code"]) == (422, "validation_error"), fields
 
 
-async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_unknown_routes_and_methods_are_problems(
+    client: httpx.AsyncClient, alice: User
+) -> None:
     missing = await client.get("/api/v1/nothing-here", headers=alice.auth)
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     wrong_method = await client.delete("/api/v1/accounts", headers=alice.auth)
@@ -145,15 +137,15 @@ async def test_unknown_routes_and_methods_are_problems(client: httpx.AsyncClient
     assert wrong_method.headers["content-type"] == "application/problem+json"
 
 
-async def test_a_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_a_405_names_every_method_of_the_path(client: httpx.AsyncClient, alice: User) -> None:
     response = await client.put("/api/v1/transactions", headers=alice.auth)
     assert response.status_code == 405
     assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
-async def test_a_long_account_number_is_unknown_not_invalid(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_a_long_account_number_is_unknown_not_invalid(
+    client: httpx.AsyncClient, alice: User
+) -> None:
     response = await send(client, alice, "A" * 300, "1.00")
     assert (response.status_code, response.json()["code"]) == (422, "unknown_account")
 
@@ -162,10 +154,8 @@ async def test_a_long_account_number_is_unknown_not_invalid(client: httpx.AsyncC
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
 )
 async def test_a_body_that_is_not_json_by_its_media_type_is_415(
-    client: httpx.AsyncClient, db: asyncpg.Pool, content_type: str | None
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, content_type: str | None
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = f'{{"to_account_number": "{bob.account_number}", "amount": "1.00"}}'.encode()
     headers = {**alice.auth, "Idempotency-Key": "m"}
     if content_type is not None:
@@ -182,11 +172,9 @@ async def test_a_body_that_is_not_json_by_its_media_type_is_415(
 
 
 async def test_an_object_that_repeats_a_key_is_malformed(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
     """Two parsers could keep different amounts: neither is chosen."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = f'{{"to_account_number": "{bob.account_number}", "amount": "1.00", "amount": "900.00"}}'
     response = await client.post("/api/v1/transactions", content=body.encode(),
                                  headers={**alice.auth, **JSON, "Idempotency-Key": "d"})  # fmt: skip
@@ -209,11 +197,10 @@ SURROGATE = "\\ud800"
      ("/api/v1/accounts", f'"currency": "{SURROGATE}"', True)],
 )  # fmt: skip
 async def test_nul_and_lone_surrogates_are_validation_errors(
-    client: httpx.AsyncClient, db: asyncpg.Pool, path: str, fields: str, keyed: bool
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool, path: str, fields: str, keyed: bool
 ) -> None:
     """Valid JSON, but no text column, log line or UTF-8 encoder takes it: 422, before anything
     costly runs (the password hash) and after the limiter counted it."""
-    alice = await new_user(client, "alice")
     headers = {**JSON, **(alice.auth if keyed else {}), "Idempotency-Key": uuid.uuid4().hex}
     users_before = await db.fetchval("SELECT count(*) FROM app_user")
     response = await client.post(path, content=("{" + fields + "}").encode(), headers=headers)
@@ -223,8 +210,7 @@ async def test_nul_and_lone_surrogates_are_validation_errors(
     assert await transfer_count(db) == 0
 
 
-async def test_raw_surrogate_bytes_are_refused_too(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_raw_surrogate_bytes_are_refused_too(client: httpx.AsyncClient, alice: User) -> None:
     body = b'{"to_account_number": "AC1", "amount": "1", "description": "\xed\xa0\x80"}'
     response = await client.post("/api/v1/transactions", content=body,
                                  headers={**alice.auth, **JSON, "Idempotency-Key": "s"})  # fmt: skip
@@ -233,8 +219,9 @@ async def test_raw_surrogate_bytes_are_refused_too(client: httpx.AsyncClient) ->
 
 
 @pytest.mark.parametrize("number", ["AC%00", "AC%ED%A0%80", "%00"])
-async def test_a_nul_in_a_path_is_not_found(client: httpx.AsyncClient, number: str) -> None:
-    alice = await new_user(client, "alice")
+async def test_a_nul_in_a_path_is_not_found(
+    client: httpx.AsyncClient, alice: User, number: str
+) -> None:
     response = await client.get(f"/api/v1/accounts/{number}", headers=alice.auth)
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
 
@@ -264,10 +251,10 @@ async def test_tokens_and_balances_are_never_stored_by_a_cache(client: httpx.Asy
     assert "cache-control" not in docs.headers
 
 
-async def test_every_body_has_one_compact_shape(client: httpx.AsyncClient) -> None:
+async def test_every_body_has_one_compact_shape(
+    client: httpx.AsyncClient, alice: User, bob: User
+) -> None:
     """Bodies rendered by the database and by Python alike: no space after a colon or a comma."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     answers = [
         await send(client, alice, bob.account_number, "1.00"),
         await send(client, alice, "AC0000000000000000", "1.00"),

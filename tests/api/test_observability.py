@@ -8,7 +8,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from payments.platform.housekeeping import check_ledger
-from tests.api.users import PASSWORD, log_in, new_user, send
+from tests.api.users import PASSWORD, User, log_in, new_user, send
 
 
 async def samples(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -30,9 +30,9 @@ def value(
 
 async def test_metrics_count_requests_by_route_template_and_outcome(
     client: httpx.AsyncClient,
+    alice: User,
+    bob: User,
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     before = await samples(client)
     sent = await send(client, alice, bob.account_number, "12.34", key="m1")
     await send(client, alice, bob.account_number, "12.34", key="m1")  # replay, from Redis
@@ -70,9 +70,8 @@ async def test_metrics_count_requests_by_route_template_and_outcome(
 
 
 async def test_the_ledger_check_finds_a_broken_book(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
     assert await check_ledger(db) == 0
     await db.execute("UPDATE account SET balance_minor = balance_minor + 1 WHERE account_number = $1",
                      alice.account_number)  # fmt: skip

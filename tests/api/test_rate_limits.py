@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from payments.platform.settings import RateLimit, Settings
 from tests.api.conftest import serving
 from tests.api.test_idempotency import plant_marker
-from tests.api.users import new_user, send
+from tests.api.users import User, new_user, send
 
 POLICY = re.compile(r'^"(\w+)";q=(\d+);w=(\d+)$')
 STATE = re.compile(r'^"(\w+)";r=(\d+);t=(\d+)$')
@@ -100,10 +100,8 @@ async def test_anonymous_requests_count_against_the_global_tier_per_address(
 
 
 async def test_the_transfer_tier_spares_replays(
-    client: httpx.AsyncClient, settings: Settings
+    client: httpx.AsyncClient, alice: User, bob: User, settings: Settings
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     async with serving(tight(settings, transfer=(2, 60))) as http:
         first = await send(http, alice, bob.account_number, "1.00", key="t1")
         assert budgets(first)["transfer"][2] == 1
@@ -128,13 +126,11 @@ async def test_a_401_carries_no_budget(client: httpx.AsyncClient) -> None:
 
 
 async def test_t_is_the_seconds_until_more_quota_everywhere(
-    client: httpx.AsyncClient, settings: Settings
+    client: httpx.AsyncClient, alice: User, bob: User, settings: Settings
 ) -> None:
     """draft-10's `t`: seconds until more quota becomes available. 0 while the quota is full,
     one emission interval (60 / 10 = 6 s) once a request was spent, and on a 429 the same number
     as Retry-After, never the time until the whole window is back."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     async with serving(tight(settings, transfer=(10, 60))) as http:
         reads = await http.get("/api/v1/accounts", headers=alice.auth)
         assert "transfer" not in budgets(reads)
@@ -157,11 +153,9 @@ async def test_t_is_the_seconds_until_more_quota_everywhere(
 
 
 async def test_refusals_before_the_handler_carry_the_budget(
-    client: httpx.AsyncClient, settings: Settings, redis: Redis
+    client: httpx.AsyncClient, alice: User, bob: User, settings: Settings, redis: Redis
 ) -> None:
     """Each of these was counted against the global tier: each says what is left."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "1.00"}
     auth = alice.auth
     async with serving(tight(settings, **{"global": (50, 60)})) as http:

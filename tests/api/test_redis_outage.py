@@ -17,7 +17,7 @@ import pytest
 from payments.platform.embedded import RedisServer, free_port
 from payments.platform.settings import Settings
 from tests.api.conftest import serving
-from tests.api.users import new_user, send
+from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count
 
 
@@ -31,10 +31,13 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def test_redis_going_away_and_coming_back_empty(
-    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings, own_redis: RedisServer
+    client: httpx.AsyncClient,
+    alice: User,
+    bob: User,
+    db: asyncpg.Pool,
+    settings: Settings,
+    own_redis: RedisServer,
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     leaver = await new_user(client, "leaver")
     async with serving(settings.model_copy(update={"redis_url": own_redis.url})) as http:
         assert (
@@ -82,10 +85,8 @@ async def test_redis_going_away_and_coming_back_empty(
 
 
 async def test_a_frozen_redis_does_not_freeze_the_api(
-    client: httpx.AsyncClient, settings: Settings, own_redis: RedisServer
+    client: httpx.AsyncClient, alice: User, bob: User, settings: Settings, own_redis: RedisServer
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     async with serving(settings.model_copy(update={"redis_url": own_redis.url})) as http:
         await http.get("/api/v1/accounts", headers=alice.auth)
         assert own_redis.process is not None

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 from payments.platform import redis_link
-from tests.api.users import new_user, send
+from tests.api.users import User, send
 
 
 @dataclass
@@ -51,10 +51,8 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
 
 
 async def test_round_trips_per_request(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, alice: User, bob: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     await send(client, alice, bob.account_number, "1.00")  # warm: prepared statements, script
     await client.get("/api/v1/accounts", headers=alice.auth)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.api.users import new_user, send
+from tests.api.users import User, send
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -11,9 +11,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_a_transfer_moves_money(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_a_transfer_moves_money(client: httpx.AsyncClient, alice: User, bob: User) -> None:
     response = await send(client, alice, bob.account_number, "12.34")
     assert response.status_code == 201, response.text
     assert response.json()["amount"] == "12.34"

@@ -10,15 +10,13 @@ from pydantic import SecretStr
 
 from payments.platform.settings import Settings
 from tests.api.conftest import serving
-from tests.api.users import log_in, make_admin, new_user, reverse, send
+from tests.api.users import User, log_in, make_admin, new_user, reverse, send
 from tests.books import balance_minor, transfer_count
 
 
 async def test_a_transfer_debits_and_credits_exactly(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     response = await send(client, alice, bob.account_number, "12.34", description="lunch")
     assert response.status_code == 201, response.text
     body = response.json()
@@ -43,10 +41,8 @@ async def test_a_transfer_debits_and_credits_exactly(
 
 
 async def test_a_retry_replays_the_answer_and_moves_nothing(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     first = await send(client, alice, bob.account_number, "10.00", key="retry-1")
     second = await send(client, alice, bob.account_number, "10.00", key="retry-1")
     assert (first.status_code, second.status_code) == (201, 201)
@@ -58,10 +54,8 @@ async def test_a_retry_replays_the_answer_and_moves_nothing(
 
 
 async def test_either_key_header_is_the_same_key(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     body = {"to_account_number": bob.account_number, "amount": "1.00"}
     first = await client.post(
         "/api/v1/transactions", json=body, headers={**alice.auth, "Idempotency-Key": "k"}
@@ -75,10 +69,8 @@ async def test_either_key_header_is_the_same_key(
 
 
 async def test_the_same_key_with_another_request_is_refused(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     await send(client, alice, bob.account_number, "10.00", key="k1")
     other = await send(client, alice, bob.account_number, "11.00", key="k1")
     assert other.status_code == 422
@@ -86,9 +78,9 @@ async def test_the_same_key_with_another_request_is_refused(
     assert await balance_minor(db, bob.account_number) == 101000
 
 
-async def test_keys_belong_to_their_principal(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_keys_belong_to_their_principal(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     carol = await new_user(client, "carol")
     a = await send(client, alice, carol.account_number, "1.00", key="shared")
     b = await send(client, bob, carol.account_number, "1.00", key="shared")
@@ -98,10 +90,8 @@ async def test_keys_belong_to_their_principal(client: httpx.AsyncClient, db: asy
 
 
 async def test_a_business_refusal_is_stored_and_replayed(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     refused = await send(client, alice, bob.account_number, "1000.01", key="big")
     assert refused.status_code == 422
     assert refused.json()["code"] == "insufficient_funds"
@@ -115,9 +105,9 @@ async def test_a_business_refusal_is_stored_and_replayed(
     assert await balance_minor(db, alice.account_number) == 150000
 
 
-async def test_refusals_move_nothing(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_refusals_move_nothing(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     await client.post("/api/v1/accounts", json={"currency": "EUR"}, headers=alice.auth)
     cases = [
         ({"to_account_number": "AC0000000000000000"}, "unknown_account"),
@@ -141,10 +131,8 @@ async def test_refusals_move_nothing(client: httpx.AsyncClient, db: asyncpg.Pool
 
 
 async def test_from_account_number_chooses_the_source(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     euro = (
         await client.post("/api/v1/accounts", json={"currency": "EUR"}, headers=bob.auth)
     ).json()
@@ -162,9 +150,9 @@ async def test_from_account_number_chooses_the_source(
     assert await balance_minor(db, euro["account_number"]) == 0
 
 
-async def test_history_pages_newest_first(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_history_pages_newest_first(
+    client: httpx.AsyncClient, alice: User, bob: User
+) -> None:
     ids = [
         (await send(client, alice, bob.account_number, f"{n}.00")).json()["id"] for n in range(1, 6)
     ]
@@ -192,8 +180,7 @@ async def test_history_pages_newest_first(client: httpx.AsyncClient) -> None:
         assert response.json()["code"] == "validation_error"
 
 
-async def test_unknown_and_malformed_ids_are_404(client: httpx.AsyncClient) -> None:
-    alice = await new_user(client, "alice")
+async def test_unknown_and_malformed_ids_are_404(client: httpx.AsyncClient, alice: User) -> None:
     for path in ("/api/v1/transactions/999999", "/api/v1/transactions/abc", "/api/v1/transactions/-1",
                  "/api/v1/transactions/99999999999999999999999", "/api/v1/accounts/nope"):  # fmt: skip
         response = await client.get(path, headers=alice.auth)
@@ -201,9 +188,9 @@ async def test_unknown_and_malformed_ids_are_404(client: httpx.AsyncClient) -> N
         assert response.json()["code"] == "not_found"
 
 
-async def test_reversal_rules(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_reversal_rules(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     mallory = await new_user(client, "mallory")
     sent = (await send(client, alice, bob.account_number, "40.00")).json()
     assert (await reverse(client, alice, sent["id"], key="r1")).status_code == 403
@@ -234,9 +221,9 @@ async def test_reversal_rules(client: httpx.AsyncClient, db: asyncpg.Pool) -> No
     assert await balance_minor(db, bob.account_number) == 100000
 
 
-async def test_a_reversal_needs_the_funds_back(client: httpx.AsyncClient, db: asyncpg.Pool) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
+async def test_a_reversal_needs_the_funds_back(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
     carol = await new_user(client, "carol")
     sent = (await send(client, alice, bob.account_number, "600.00")).json()
     await send(client, bob, carol.account_number, "1500.00")
@@ -247,13 +234,11 @@ async def test_a_reversal_needs_the_funds_back(client: httpx.AsyncClient, db: as
 
 
 async def test_concurrent_reversals_one_wins_every_other_is_409(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
     """Eight reversals of one transfer at once, five times: one moves the money back, the other
     seven are 409 already_reversed (they were 500 when the check read a snapshot taken before
     the lock wait), and the money moved back exactly once."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     for round_ in range(5):
         sent = (await send(client, alice, bob.account_number, "10.00")).json()
         answers = await asyncio.gather(*(reverse(client, bob, sent["id"]) for _ in range(8)))
@@ -265,10 +250,9 @@ async def test_concurrent_reversals_one_wins_every_other_is_409(
 
 
 async def test_an_opening_balance_does_not_exist_for_anyone_else(
-    client: httpx.AsyncClient, db: asyncpg.Pool
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool
 ) -> None:
     """Its sender is a funding account, owned by nobody: a non-party still gets 404, not 403."""
-    alice = await new_user(client, "alice")
     mallory = await new_user(client, "mallory")
     opening = await db.fetchval(
         "SELECT t.id FROM transfer t JOIN account a ON a.id = t.target_account_id"
@@ -283,12 +267,10 @@ async def test_an_opening_balance_does_not_exist_for_anyone_else(
 
 
 async def test_a_row_lock_not_had_in_time_is_503_and_the_key_stays_free(
-    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings
 ) -> None:
     """lock_timeout (SQLSTATE 55P03) is a busy database, not a bug: 503 with Retry-After, nothing
     moved, nothing stored with the key, and the same key goes through once the row is free."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     async with serving(settings.model_copy(update={"db_lock_timeout_s": 0.2})) as http:
         async with db.acquire() as holder, holder.transaction():
             await holder.execute(
@@ -305,11 +287,9 @@ async def test_a_row_lock_not_had_in_time_is_503_and_the_key_stays_free(
 
 
 async def test_cursors_outlive_a_new_token_key(
-    client: httpx.AsyncClient, settings: Settings
+    client: httpx.AsyncClient, alice: User, bob: User, settings: Settings
 ) -> None:
     """Cursors are signed with a key of their own: rotating JWT_SECRET breaks none in flight."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     for _ in range(3):
         await send(client, alice, bob.account_number, "1.00")
     first = await client.get("/api/v1/transactions", params={"limit": "2"}, headers=alice.auth)

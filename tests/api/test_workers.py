@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from payments.platform.settings import Settings
 from tests.api.processes import server
-from tests.api.users import new_user
+from tests.api.users import User
 from tests.books import transfer_count
 
 
@@ -25,10 +25,8 @@ def two_workers(settings: Settings, tmp_path: Path) -> Iterator[str]:
 
 
 async def test_limits_and_keys_hold_across_two_processes(
-    client: httpx.AsyncClient, db: asyncpg.Pool, two_workers: str
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, two_workers: str
 ) -> None:
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
 
     async def one(request: httpx.Request) -> httpx.Response:
         async with httpx.AsyncClient(
@@ -50,10 +48,9 @@ async def test_limits_and_keys_hold_across_two_processes(
 
 
 async def test_metrics_add_up_both_processes(
-    client: httpx.AsyncClient, two_workers: str, tmp_path: Path
+    client: httpx.AsyncClient, alice: User, two_workers: str, tmp_path: Path
 ) -> None:
     """Requests spread over two processes; one scrape, served by either, counts all of them."""
-    alice = await new_user(client, "alice")
 
     async def read() -> int:
         async with httpx.AsyncClient(
@@ -79,12 +76,15 @@ async def test_metrics_add_up_both_processes(
 
 
 async def test_sigterm_lets_transfers_in_flight_commit_and_answer(
-    client: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings, tmp_path: Path
+    client: httpx.AsyncClient,
+    alice: User,
+    bob: User,
+    db: asyncpg.Pool,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     """Transfers wait on a row lock when SIGTERM arrives; the server stops taking requests, lets
     them finish, answers them, then exits. Every 201 is in the books; nothing is half done."""
-    alice = await new_user(client, "alice")
-    bob = await new_user(client, "bob")
     with server(settings, tmp_path, workers=1) as (base_url, process):
         async with db.acquire() as blocker:
             transaction = blocker.transaction()

