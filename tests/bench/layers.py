@@ -15,21 +15,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from payments.http.idempotency_layer import IdempotencyMiddleware
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from payments.app import connect_redis
-from payments.http.admission import Admitter
+from payments.http.admission import AdmissionMiddleware, Admitter
 from payments.http.auth import AuthMiddleware
+from payments.http.idempotency import IdempotencyMiddleware
 from payments.http.problem import ProblemMiddleware
 from payments.http.rate_limit import RateLimitMiddleware
 from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
+from payments.http.rules import MONEY, RouteTable, RuledRoute, Rules
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
 from payments.platform.db import create_pool
@@ -40,14 +40,6 @@ from payments.platform.settings import RateLimit, Settings
 from payments.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = [
-    ("request context", lambda s: Middleware(RequestContextMiddleware)),
-    ("problem", lambda s: Middleware(ProblemMiddleware)),
-    ("auth (JWT verify)", lambda s: Middleware(AuthMiddleware, services=s)),
-    ("rate limit (admission)", lambda s: Middleware(RateLimitMiddleware, services=s)),
-    ("idempotency", lambda s: Middleware(IdempotencyMiddleware, services=s)),
-    ("response cache", lambda s: Middleware(ResponseCacheMiddleware, services=s)),
-]
 
 
 async def noop(request: Request) -> Response:
@@ -56,15 +48,29 @@ async def noop(request: Request) -> Response:
     )
 
 
+ROUTES = [
+    RuledRoute("/api/v1/transactions", GET=(noop, Rules(cached_view="transactions")),
+               POST=(noop, MONEY))
+]  # fmt: skip
+LAYERS = [
+    ("request context", lambda s: Middleware(RequestContextMiddleware, routes=RouteTable(ROUTES))),
+    ("problem", lambda s: Middleware(ProblemMiddleware)),
+    ("auth (JWT verify)", lambda s: Middleware(AuthMiddleware, services=s)),
+    ("admission (Redis call)", lambda s: Middleware(AdmissionMiddleware, services=s)),
+    ("rate limit", lambda s: Middleware(RateLimitMiddleware, services=s)),
+    ("idempotency", lambda s: Middleware(IdempotencyMiddleware, services=s)),
+    ("response cache", lambda s: Middleware(ResponseCacheMiddleware, services=s)),
+]
+
+
 def build(services: Services, layer_count: int) -> Starlette:
     middleware = [make(services) for _, make in LAYERS[:layer_count]]
-    return Starlette(
-        routes=[Route("/api/v1/transactions", noop, methods=["GET", "POST"])], middleware=middleware
-    )
+    return Starlette(routes=ROUTES, middleware=middleware)
 
 
 async def drive(app: Starlette, method: str, token: str, requests: int) -> float:
-    """Median of five runs, in microseconds per request."""
+    """Median of five runs, in microseconds of this process's CPU per request (the Redis and
+    PostgreSQL servers' own CPU, and the wait for them, are not counted: the layers' is)."""
     body = b'{"to_account_number": "AC0000000000000000", "amount": "1.00"}'
 
     async def one() -> None:
@@ -100,10 +106,10 @@ async def drive(app: Starlette, method: str, token: str, requests: int) -> float
 
     runs = []
     for _ in range(5):
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(requests // 5):
             await one()
-        runs.append((time.perf_counter() - started) / (requests // 5) * 1e6)
+        runs.append((time.process_time() - started) / (requests // 5) * 1e6)
     return statistics.median(runs)
 
 
@@ -129,7 +135,9 @@ async def main() -> None:
         await services.redis.flushdb()
         token = services.tokens.issue(user_id=1, role="user", family_id=str(uuid.uuid4())).token
         await services.redis.set("payments:{u:1}:denylist-ready", "1", ex=3600)
-        print(f"per-request cost of each layer, µs (median of 5 runs of {requests // 5} requests)")
+        print(
+            f"per-request CPU of each layer in this process, µs (median of 5 runs of {requests // 5} requests)"
+        )
         print(f"{'layers':<26}{'GET':>10}{'+Δ':>9}{'POST+key':>11}{'+Δ':>9}")
         previous = {"GET": 0.0, "POST": 0.0}
         for count in range(len(LAYERS) + 1):
