@@ -22,7 +22,8 @@ from payments.identity.seed import seed
 from payments.platform.embedded import EmbeddedMissing, servers
 from payments.platform.log import configure_logging
 from payments.platform.migrate import migrate
-from payments.platform.settings import Settings, SettingsError
+from payments.platform.settings import SettingsError
+from payments.settings import Settings
 
 COMMANDS = ("run", "serve", "migrate", "seed", "create-admin")
 # Named here rather than imported from payments.platform.metrics: importing prometheus_client before the

@@ -49,8 +49,8 @@ from payments.platform.db import Q, create_pool
 from payments.platform.housekeeping import check_ledger_forever, sample_pool_forever, sweep_forever
 from payments.platform.log import configure_logging, flush_logs_forever
 from payments.platform.redis_link import RedisLink
-from payments.platform.settings import Settings
 from payments.services import Services
+from payments.settings import Settings
 
 API = "/api/v1"
 POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
 from payments.platform.redis_link import RedisLink
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 if TYPE_CHECKING:  # the HTTP layers import this module
     from payments.http.admission import Admitter

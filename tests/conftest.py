@@ -14,7 +14,8 @@ from pydantic import SecretStr
 
 from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
-from payments.platform.settings import RateLimit, Settings
+from payments.platform.settings import RateLimit
+from payments.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "payments_test"

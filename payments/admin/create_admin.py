@@ -13,7 +13,7 @@ import asyncpg
 
 from payments.identity.passwords import Passwords
 from payments.platform.db import Q
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 PASSWORD_LENGTH_MIN = 12  # an admin's password guards every account: longer than a user's 8
 

@@ -23,8 +23,9 @@ from payments.http.errors import RATE_LIMITED, UNAVAILABLE, ApiError, problem_re
 from payments.http.state import RequestState, state_of
 from payments.platform import metrics, redis_keys
 from payments.platform.db import as_unavailable
-from payments.platform.settings import RateLimit, Settings
+from payments.platform.settings import RateLimit
 from payments.services import Services
+from payments.settings import Settings
 
 if TYPE_CHECKING:
     from payments.http.admission import Admission

@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from payments.http.errors import UNAVAILABLE, ApiError
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 R = TypeVar("R")
 

@@ -26,7 +26,7 @@ SELECT r.id, r.family_id, r.expires_at <= now() AS expired, r.used_at IS NOT NUL
        f.revoked_at IS NOT NULL AS revoked, f.user_id
   FROM refresh_token r JOIN token_family f ON f.id = r.family_id
  WHERE r.token_hash = $1
-   FOR UPDATE OF r;
+   FOR NO KEY UPDATE OF r;
 
 -- name: use_refresh_token
 UPDATE refresh_token SET used_at = now() WHERE id = $1;

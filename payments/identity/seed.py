@@ -8,7 +8,7 @@ import structlog
 from payments.identity.passwords import Passwords
 from payments.money.amounts import to_minor_units
 from payments.platform.db import Q
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 log = structlog.get_logger(__name__)
 

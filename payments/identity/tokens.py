@@ -12,7 +12,7 @@ from typing import TypeVar
 from jose import JWTError, jwt
 
 from payments.http.errors import INVALID_TOKEN, ApiError
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret): RFC 9068: a refresh token or an ID token is never taken for one
 JWT_ALGORITHM = "HS256"

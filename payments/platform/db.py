@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from payments.http.errors import UNAVAILABLE, ApiError
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -1,12 +1,11 @@
-"""Settings: every knob is an environment variable (or a line of `.env`), read once at start-up."""
+"""Settings: how a field names its environment variable and parses it, and the platform's own
+section. Each domain keeps its section beside its code (http/settings.py, identity/settings.py,
+money/settings.py); payments/settings.py puts them together and reads the environment once."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import secrets
-from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -14,13 +13,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-
-from payments.money.amounts import CURRENCY_EXPONENTS, PLAIN_DECIMAL
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -100,11 +95,14 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-class Settings(BaseModel):
-    """The service's configuration. Defaults serve a developer on a fresh machine. Each field that
-    an operator may set names its variable once, here; every value is validated at start-up."""
+class Section(BaseModel):
+    """A domain's part of the settings: frozen, and no field that is not declared."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PlatformSettings(Section):
+    """Where the service runs and what it runs on: servers, processes, the edge, logs."""
 
     env: Annotated[Literal["development", "test", "production"], Env("ENV")] = "development"
     # Embedded servers and the development JWT key live here.
@@ -129,58 +127,7 @@ class Settings(BaseModel):
     keep_alive_timeout_s: Annotated[
         int, Env("KEEP_ALIVE_TIMEOUT", parse_duration_s), Field(ge=1)
     ] = 5
-
-    jwt_secret: Annotated[SecretStr, Env("JWT_SECRET")] = SecretStr("")
-    # The `kid` header; a new id with a new secret rotates the key.
-    jwt_key_id: Annotated[str, Env("JWT_KEY_ID"), Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "k1"
-    jwt_issuer: str = "payments"
-    jwt_audience: str = "payments-api"
-    jwt_leeway_s: int = 30  # clock skew we forgive between hosts
-    access_token_ttl_s: Annotated[int, Env("ACCESS_TOKEN_TTL", parse_duration_s), Field(ge=1)] = (
-        15 * 60
-    )
-    refresh_token_ttl_s: Annotated[int, Env("REFRESH_TOKEN_TTL", parse_duration_s), Field(ge=1)] = (
-        7 * 86400
-    )
-
-    # OWASP's minimum for Argon2id: 19 MiB, two passes, one lane (about 60 ms a verify here).
-    argon2_time_cost: int = 2
-    argon2_memory_cost_kib: int = 19_456
-    argon2_parallelism: int = 1
-    password_hash_threads: int = 1  # hashing runs in its own pool, off the event loop
-    password_hash_queue_max: int = 32  # a login flood waits in a bounded queue, then gets 503
-    # One client address may hold this many places in that queue, so that a flood from one
-    # address cannot take every place from the real logins of others.
-    password_hash_per_client_max: int = 4
-    password_hash_nice: int = 19  # hashing threads yield the CPU to requests (Linux niceness)
-
-    rate_limit_global: Annotated[
-        RateLimit, Env("RATE_LIMIT_GLOBAL", RateLimit.parser("global"))
-    ] = RateLimit(name="global", count=100, period_s=900)
-    rate_limit_auth: Annotated[RateLimit, Env("RATE_LIMIT_AUTH", RateLimit.parser("auth"))] = (
-        RateLimit(name="auth", count=10, period_s=60)
-    )
-    rate_limit_transfer: Annotated[
-        RateLimit, Env("RATE_LIMIT_TRANSFER", RateLimit.parser("transfer"))
-    ] = RateLimit(name="transfer", count=10, period_s=60)
-    # Per account (email), whatever the address: one password is not guessed from many places.
-    rate_limit_login: Annotated[RateLimit, Env("RATE_LIMIT_LOGIN", RateLimit.parser("login"))] = (
-        RateLimit(name="login", count=10, period_s=900)
-    )
-    idempotency_ttl_s: Annotated[int, Env("IDEMPOTENCY_TTL", parse_duration_s), Field(ge=1)] = 86400
-    # A crashed request's in-flight marker frees its key after this.
-    idempotency_lock_ttl_s: Annotated[
-        int, Env("IDEMPOTENCY_LOCK_TTL", parse_duration_s), Field(ge=1)
-    ] = 30
-    idempotency_sweep_interval_s: int = 300  # how often expired durable keys are deleted
-    ledger_check_interval_s: int = 300  # how often each process checks that the books balance
-    cache_ttl_s: Annotated[int, Env("CACHE_TTL", parse_duration_s), Field(ge=1)] = 30
-
-    # A new user's first account opens with this, paid by the funding account: 1000.00 in
-    # development and test, 0 in production (money enters there only through deposits).
-    opening_balance: Annotated[str | None, Env("OPENING_BALANCE")] = None
-    default_currency: Annotated[str, Env("DEFAULT_CURRENCY")] = "USD"
-    max_transfer_amount: Annotated[str, Env("MAX_TRANSFER_AMOUNT")] = "1000000.00"
+    shutdown_grace_s: int = 10  # in-flight requests get this long to finish on SIGTERM
 
     log_level: Annotated[
         Literal["debug", "info", "warning", "error", "critical"],
@@ -189,9 +136,6 @@ class Settings(BaseModel):
     # None: console on a terminal, else json.
     log_format: Annotated[Literal["json", "console"] | None, Env("LOG_FORMAT")] = None
 
-    request_body_bytes_max: int = 64 * 1024  # larger bodies get 413 before anyone parses them
-    page_size_default: int = 20
-    page_size_max: int = 100  # a page is never larger, whatever the client asks
     db_pool_size_max: int = 10  # per API process; PostgreSQL allows 100 connections by default
     db_command_timeout_s: float = 10.0  # a statement that takes longer is cancelled
     db_acquire_timeout_s: float = 5.0  # a request that waits longer for a connection gets 503
@@ -199,7 +143,6 @@ class Settings(BaseModel):
     db_retries_max: int = 3  # serialization failures and deadlocks are retried this often
     # A Redis that hangs is treated as a Redis that is down.
     redis_timeout_s: Annotated[float, Env("REDIS_TIMEOUT", parse_seconds), Field(gt=0)] = 0.25
-    shutdown_grace_s: int = 10  # in-flight requests get this long to finish on SIGTERM
 
     @field_validator("forwarded_allow_ips")
     @classmethod
@@ -212,73 +155,7 @@ class Settings(BaseModel):
         return ",".join(items)
 
     @model_validator(mode="after")
-    def check_ports(self) -> Settings:
+    def check_ports(self) -> PlatformSettings:
         if self.metrics_port == self.port:
             raise ValueError("metrics_port: must differ from the API's port")
         return self
-
-    @model_validator(mode="after")
-    def check_money(self) -> Settings:
-        """The currency is one we hold; the amounts are plain decimals it can hold."""
-        if self.default_currency not in CURRENCY_EXPONENTS:
-            raise ValueError("default_currency: not a currency this service holds")
-        exponent = CURRENCY_EXPONENTS[self.default_currency]
-        for name, text, minimum in (
-            ("opening_balance", self.opening_balance or "0", Decimal(0)),
-            ("max_transfer_amount", self.max_transfer_amount, Decimal("0.01")),
-        ):
-            match = PLAIN_DECIMAL.match(text)
-            if match is None or len(match.group(1) or "") > exponent or Decimal(text) < minimum:
-                raise ValueError(f"{name}: not a plain decimal amount in {self.default_currency}")
-        return self
-
-    @property
-    def opening_balance_text(self) -> str:
-        """The opening balance in force: the setting, or the environment's default."""
-        if self.opening_balance is not None:
-            return self.opening_balance
-        return "0" if self.env == "production" else "1000.00"
-
-    @classmethod
-    def from_environ(
-        cls, environ: Mapping[str, str], *, dotenv: Path | None = Path(".env")
-    ) -> Settings:
-        """Read every field's variable; the environment wins over `.env`. An invalid value stops
-        here, with a message that names the variable and never the value."""
-        env = {**(read_dotenv(dotenv) if dotenv else {}), **environ}
-        fields: dict[str, object] = {}
-        variables: dict[str, str] = {}
-        for name, info in cls.model_fields.items():
-            marker = next((m for m in info.metadata if isinstance(m, Env)), None)
-            if marker is None:
-                continue
-            variables[name] = marker.variable
-            if env.get(marker.variable):
-                fields[name] = marker.parse(marker.variable, env[marker.variable])
-        try:
-            settings = cls.model_validate(fields)
-        except ValidationError as error:
-            names = set()
-            for problem in error.errors(include_input=False, include_url=False):
-                field = str(problem["loc"][0]) if problem["loc"] else ""
-                field = field or str(problem.get("msg", "")).partition(":")[0].split()[-1]
-                names.add(variables.get(field, field.upper()))
-            raise SettingsError(f"invalid settings: {', '.join(sorted(names))}") from None
-        return settings.with_jwt_secret()
-
-    def with_jwt_secret(self) -> Settings:
-        """Production must bring its own key; development keeps one generated key per data folder."""
-        if self.jwt_secret.get_secret_value():
-            return self
-        if self.env == "production":
-            raise SettingsError("JWT_SECRET is required when ENV=production")
-        path = self.data_dir / "jwt_secret"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
-            path.chmod(0o600)
-        return self.model_copy(update={"jwt_secret": SecretStr(path.read_text(encoding="utf-8"))})
-
-    @property
-    def rate_limits(self) -> tuple[RateLimit, RateLimit, RateLimit]:
-        return (self.rate_limit_global, self.rate_limit_auth, self.rate_limit_transfer)

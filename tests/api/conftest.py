@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from payments.app import create_app
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.users import User, new_user
 from tests.books import assert_books_balance, reset_books
 

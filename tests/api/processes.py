@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from payments.platform.embedded import free_port
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 SERVER_START_TIMEOUT_S = 30.0
 

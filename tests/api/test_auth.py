@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from jose import jwt
 
 from payments.app import create_app
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import PASSWORD, User, log_in, new_user, send
 from tests.books import balance_minor

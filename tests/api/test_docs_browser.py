@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from payments.operations.docs import OPENAPI_PATH
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.processes import server
 
 CHROMIUM = shutil.which("chromium")

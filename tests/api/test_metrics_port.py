@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from payments.platform.embedded import free_port
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.processes import server
 
 HEALTH_CHECKS = 12

@@ -7,7 +7,8 @@ import re
 import httpx
 from redis.asyncio import Redis
 
-from payments.platform.settings import RateLimit, Settings
+from payments.platform.settings import RateLimit
+from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.test_idempotency import plant_marker
 from tests.api.users import User, new_user, send

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from payments.platform.embedded import RedisServer, free_port
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 from pydantic import SecretStr
 
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import User, log_in, make_admin, new_user, reverse, send
 from tests.books import balance_minor, transfer_count

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.processes import server
 from tests.api.users import User
 from tests.books import transfer_count

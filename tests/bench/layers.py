@@ -36,8 +36,9 @@ from payments.platform.db import create_pool
 from payments.platform.embedded import servers
 from payments.platform.log import configure_logging
 from payments.platform.redis_link import RedisLink
-from payments.platform.settings import RateLimit, Settings
+from payments.platform.settings import RateLimit
 from payments.services import Services
+from payments.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,7 @@ from payments.identity.tokens import AccessTokens
 from payments.platform.db import Q
 from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.processes import server
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter

@@ -22,7 +22,7 @@ import pytest
 from redis import Redis
 
 from payments.platform.embedded import free_port
-from payments.platform.settings import Settings
+from payments.settings import Settings
 from tests.api.processes import server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from payments.platform import metrics
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "compose.yaml"

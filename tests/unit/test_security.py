@@ -17,7 +17,7 @@ from payments.http.errors import ApiError
 from payments.identity import tokens as security
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 SETTINGS = Settings(env="test", jwt_secret=SecretStr("unit-secret-" + "x" * 40),
                     argon2_time_cost=1, argon2_memory_cost_kib=1024)  # fmt: skip

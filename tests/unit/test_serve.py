@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from payments import __main__ as command
-from payments.platform.settings import Settings
+from payments.settings import Settings
 
 
 def uvicorn_options(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> dict[str, object]:

