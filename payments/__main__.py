@@ -1,6 +1,6 @@
-"""python -m payments run | serve | migrate | seed | create-admin --email E
+"""python -m payments run | serve | worker | migrate | seed | create-admin --email E
 
-run: migrate, seed and serve. Without DATABASE_URL / REDIS_URL, an embedded PostgreSQL and Redis
+run: migrate, seed, and serve the API with one worker process beside it. Without DATABASE_URL / REDIS_URL, an embedded PostgreSQL and Redis
 are started in the data folder for as long as the command runs."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +26,12 @@ from payments.platform.migrate import migrate
 from payments.platform.settings import SettingsError
 from payments.settings import Settings
 
-COMMANDS = ("run", "serve", "migrate", "seed", "create-admin")
+COMMANDS = ("run", "serve", "worker", "migrate", "seed", "create-admin")
 # Named here rather than imported from payments.platform.metrics: importing prometheus_client before the
 # variable is set would put this process's metrics in memory instead of in the shared folder.
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 log = structlog.get_logger("payments")
+WORKER_STOP_TIMEOUT_S = 15.0  # the worker's own grace for the batch in hand, and some margin
 
 
 def serve(settings: Settings) -> None:
@@ -136,9 +138,37 @@ def run_command(command: str, settings: Settings, admin_email: str | None) -> in
             prepare_metrics_directory(settings.data_dir / "metrics")
             log.info("serving", host=settings.host, port=settings.port, workers=settings.workers,
                      metrics_port=settings.metrics_port)  # fmt: skip
-            with metrics_listener(settings):
+            with metrics_listener(settings), worker_beside(command == "run"):
                 serve(settings)
+        if command == "worker":
+            if not os.environ.get(MULTIPROCESS_DIR_VARIABLE):  # not one started by run
+                prepare_metrics_directory(settings.data_dir / "metrics-worker")
+            # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see MULTIPROCESS_DIR_VARIABLE).
+            from payments.worker import run_worker
+
+            with metrics_listener(settings):
+                asyncio.run(run_worker(settings))
     return 0
+
+
+@contextmanager
+def worker_beside(wanted: bool) -> Iterator[None]:
+    """`run` starts one worker process beside the API (its command line names it, so an operator
+    can find and signal it), and stops it, gracefully, when the API stops."""
+    if not wanted:
+        yield
+        return
+    environment = {**os.environ, "METRICS_PORT": ""}  # its metrics join the API's folder
+    process = subprocess.Popen([sys.executable, "-m", "payments", "worker"], env=environment)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
 from payments.money import accounts, transfers
 from payments.operations import docs, health
+from payments.payments import routes as payments
 from payments.platform import metrics
 from payments.platform.db import Q, create_pool
 from payments.platform.housekeeping import check_ledger_forever, sample_pool_forever, sweep_forever
@@ -79,6 +80,12 @@ def routes() -> list[RuledRoute]:
         ),
         RuledRoute(f"{API}/transactions/{{id}}", GET=(transfers.get_transfer, READ)),
         RuledRoute(f"{API}/transactions/{{id}}/reverse", POST=(transfers.reverse_transfer, MONEY)),
+        RuledRoute(
+            f"{API}/payments",
+            GET=(payments.list_payments, READ),
+            POST=(payments.create_payment, MONEY),
+        ),
+        RuledRoute(f"{API}/payments/{{id}}", GET=(payments.get_payment, READ)),
         RuledRoute(f"{API}/admin/deposits", POST=(deposits.create_deposit, ADMIN_MONEY)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),

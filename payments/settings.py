@@ -13,10 +13,11 @@ from pydantic import SecretStr, ValidationError
 from payments.http.settings import HttpSettings
 from payments.identity.settings import IdentitySettings
 from payments.money.settings import MoneySettings
+from payments.payments.settings import PaymentSettings
 from payments.platform.settings import Env, PlatformSettings, SettingsError, read_dotenv
 
 
-class Settings(PlatformSettings, HttpSettings, IdentitySettings, MoneySettings):
+class Settings(PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings):
     """Defaults serve a developer on a fresh machine."""
 
     @property

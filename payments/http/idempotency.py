@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +109,11 @@ class Answer:
 
 
 def stored_response(status: int, body: bytes, *, replayed: bool) -> Response:
-    """An answer rendered by the database, sent as it was stored; a replay says so."""
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    """An answer rendered by the database, sent as it was stored; a replay says so. An accepted
+    request (202) says where to follow it: Location is its body's poll_url."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if status == 202:
+        headers["Location"] = json.loads(body)["poll_url"]
     media_type = PROBLEM_MEDIA_TYPE if status >= 400 else "application/json"
     return Response(body, status_code=status, headers=headers, media_type=media_type)
 

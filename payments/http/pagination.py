@@ -8,8 +8,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
 
 from payments.http.body import field_error
+from payments.http.responses import page_response
+from payments.services import services
 
 CURSOR_MAC_BYTES = 12
 
@@ -42,3 +49,24 @@ def decode_cursor(cursor: str, key: bytes) -> int:
     except ValueError:
         pass
     raise field_error("cursor", "is not a cursor this service issued")
+
+
+NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
+
+
+async def keyset_page(
+    request: Request, fetch: Callable[[int, int], Awaitable[list[Any]]]
+) -> Response:
+    """A page of rows (id, body) newest first: `fetch(before_id, limit)` reads one row more than
+    the page holds, which says whether a next page exists."""
+    found = services(request)
+    settings = found.settings
+    limit = page_limit(
+        request.query_params.get("limit"), settings.page_size_default, settings.page_size_max
+    )
+    cursor = request.query_params.get("cursor")
+    before_id = decode_cursor(cursor, found.cursor_key) if cursor is not None else NO_CURSOR
+    rows = await fetch(before_id, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["id"], found.cursor_key) if len(rows) > limit else None
+    return page_response([row["body"] for row in page], next_cursor)

@@ -12,8 +12,8 @@ from starlette.responses import Response
 from payments.http.body import RequestModel, validate_body
 from payments.http.errors import NOT_FOUND, ApiError
 from payments.http.idempotency import IdempotencyKey, answer_response
-from payments.http.pagination import decode_cursor, encode_cursor, page_limit
-from payments.http.responses import body_of, page_response, path_id, principal_of
+from payments.http.pagination import keyset_page
+from payments.http.responses import body_of, path_id, principal_of
 from payments.http.state import state_of
 from payments.money.amounts import (
     AccountNumber,
@@ -25,8 +25,6 @@ from payments.money.amounts import (
 from payments.platform import db, metrics
 from payments.platform.db import Q
 from payments.services import services
-
-NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
 
 
 class TransferIn(RequestModel):
@@ -79,18 +77,10 @@ def record_outcome(row: asyncpg.Record) -> None:
 async def list_transfers(request: Request) -> Response:
     """The caller's transactions, newest first, a keyset page at a time."""
     found = services(request)
-    settings = found.settings
-    limit = page_limit(
-        request.query_params.get("limit"), settings.page_size_default, settings.page_size_max
-    )
-    cursor = request.query_params.get("cursor")
-    before_id = decode_cursor(cursor, found.cursor_key) if cursor is not None else NO_CURSOR
-    rows = await found.pool.fetch(
-        Q.transfers_of_user, principal_of(request).user_id, before_id, limit + 1
-    )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["id"], found.cursor_key) if len(rows) > limit else None
-    return page_response([row["body"] for row in page], next_cursor)
+    user_id = principal_of(request).user_id
+    return await keyset_page(request, lambda before_id, limit: found.pool.fetch(
+        Q.transfers_of_user, user_id, before_id, limit
+    ))  # fmt: skip
 
 
 async def get_transfer(request: Request) -> Response:

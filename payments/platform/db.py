@@ -66,13 +66,21 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
         return super().acquire(timeout=timeout or self.acquire_timeout_s)
 
 
-async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings,
+    database_url: str,
+    *,
+    application_name: str = "payments",
+    size_max: int | None = None,
+) -> asyncpg.Pool:
+    """The process's pool. application_name tells its connections apart in pg_stat_activity
+    (a worker's are counted by /ready)."""
     pool = Pool(
         database_url,
         acquire_timeout_s=settings.db_acquire_timeout_s,
         init_size=None,
         min_size=1,
-        max_size=settings.db_pool_size_max,
+        max_size=size_max or settings.db_pool_size_max,
         max_queries=50_000,  # asyncpg's default: a connection is replaced after this many queries
         max_inactive_connection_lifetime=300.0,  # asyncpg's default
         loop=None,
@@ -81,7 +89,7 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         command_timeout=settings.db_command_timeout_s,
         reset=_keep_session,
         server_settings={
-            "application_name": "payments",
+            "application_name": application_name,
             # A statement that outlives the command timeout is cancelled server-side, and a row
             # lock waited for longer than the lock timeout is given up (503, Retry-After).
             "statement_timeout": str(int(settings.db_command_timeout_s * 1000)),

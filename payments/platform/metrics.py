@@ -75,6 +75,24 @@ DB_POOL_CONNECTIONS = Gauge(
     "payments_db_pool_connections", "PostgreSQL connections held by the pools, by state.", ["state"],
     multiprocess_mode="livesum",
 )  # fmt: skip
+PAYMENTS_SETTLED = Counter(
+    "payments_payments_settled_total", "Payments settled by the worker, by outcome (succeeded, failed).",
+    ["outcome"],
+)  # fmt: skip
+PAYMENT_SETTLE_LATENCY = Histogram(
+    "payments_payment_settle_latency_seconds",
+    "Time from a payment's acceptance to its final state.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+PAYMENT_QUEUE = Gauge(
+    "payments_payment_queue", "Payments not yet final, by state (pending, processing).", ["state"],
+    multiprocess_mode="max",
+)  # fmt: skip
+PAYMENT_OLDEST_PENDING_AGE = Gauge(
+    "payments_payment_oldest_pending_age_seconds",
+    "How long the oldest pending payment has waited for a worker.",
+    multiprocess_mode="max",
+)
 LEDGER_INVARIANT_VIOLATIONS = Counter(
     "payments_ledger_invariant_violations_total",
     "Currencies whose entries do not sum to zero, or balances that are not the sum of their entries, "
@@ -85,7 +103,8 @@ LEDGER_INVARIANT_VIOLATIONS = Counter(
 # labels() validates and converts its arguments and takes a lock each call, to find a child that
 # never changes for the same labels (and our label values come from closed sets): remembered.
 for _metric in (HTTP_REQUESTS, HTTP_DURATION, TRANSFERS, AMOUNT_MOVED, RATE_LIMIT_DECISIONS,
-                IDEMPOTENCY_OUTCOMES, CACHE_LOOKUPS, REDIS_FALLBACKS, DB_POOL_CONNECTIONS):  # fmt: skip
+                IDEMPOTENCY_OUTCOMES, CACHE_LOOKUPS, REDIS_FALLBACKS, DB_POOL_CONNECTIONS,
+                PAYMENTS_SETTLED, PAYMENT_QUEUE):  # fmt: skip
     _metric.labels = functools.lru_cache(maxsize=1024)(_metric.labels)  # type: ignore[method-assign, assignment]
 
 

@@ -66,7 +66,10 @@ def test_run_serves_seed_users_and_stops_what_it_started(
         assert login.status_code == 200
         assert login.json()["account"]["balance"] == "10000.00"
         assert login.json()["account"]["currency"] == "ZAR"
-        started = children_of(command.pid)  # redis-server; postgres runs detached, by pg_ctl
+        assert_a_payment_settles(port, login.json()["access_token"])
+        started = children_of(command.pid)  # redis-server and the worker; postgres is detached
+        assert any(b"payments\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in started)  # fmt: skip
         postmaster = int((tmp_path / "data" / "postgres" / "postmaster.pid").read_text().split()[0])
         assert started
     finally:
@@ -76,3 +79,22 @@ def test_run_serves_seed_users_and_stops_what_it_started(
     assert not [pid for pid in started if alive(pid)]
     assert not alive(postmaster)
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+
+
+def assert_a_payment_settles(port: int, alice_token: str) -> None:
+    """run starts a worker beside the API: a payment accepted now is settled soon after."""
+    base = f"http://127.0.0.1:{port}/api/v1"
+    bob = httpx.post(f"{base}/auth/login", timeout=5,
+                     json={"email": "bob@finpay.dev", "password": "password123"}).json()  # fmt: skip
+    headers = {"Authorization": f"Bearer {alice_token}", "Idempotency-Key": "run-payment"}
+    accepted = httpx.post(f"{base}/payments", headers=headers, timeout=5,
+                          json={"to_account_number": bob["account"]["account_number"], "amount": "1.00"})  # fmt: skip
+    assert accepted.status_code == 202, accepted.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        payment = httpx.get(f"http://127.0.0.1:{port}{accepted.headers['location']}", timeout=5,
+                            headers={"Authorization": f"Bearer {alice_token}"}).json()  # fmt: skip
+        if payment["status"] == "SUCCEEDED":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the payment was not settled: {payment}")

@@ -147,9 +147,10 @@ def test_each_domain_keeps_its_section_and_one_object_reads_them_all() -> None:
     from payments.http.settings import HttpSettings
     from payments.identity.settings import IdentitySettings
     from payments.money.settings import MoneySettings
+    from payments.payments.settings import PaymentSettings
     from payments.platform.settings import PlatformSettings
 
-    sections = (PlatformSettings, HttpSettings, IdentitySettings, MoneySettings)
+    sections = (PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings)
     fields = [set(section.model_fields) for section in sections]
     assert set().union(*fields) == set(Settings.model_fields)
     assert sum(len(f) for f in fields) == len(Settings.model_fields)  # no field in two sections

@@ -1,0 +1,76 @@
+"""The worker's payments job: claim due payments under a lease, settle them in one transaction
+each batch, give back what was not settled. The worker loop (payments/worker.py) runs it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+
+from payments.platform import metrics, redis_keys
+from payments.platform.db import RETRYABLE, UNREACHABLE, Q
+from payments.platform.redis_link import REDIS_ERRORS
+from payments.settings import Settings
+
+log = structlog.get_logger(__name__)
+CACHE_VERSION_TTL_S = 86400  # as the response cache's: longer than any entry lives
+
+
+class PaymentsJob:
+    """Settles payments: a payment's money, its transfer and ledger entries and its final state
+    commit in one transaction, so a worker killed at any point settles nothing twice."""
+
+    name = "payments"
+    channel = "payment_due"  # create_payment_v1 notifies it when an accepted payment commits
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+
+    async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]:
+        settings = self.settings
+        rows = await pool.fetch(Q.claim_payments, worker, settings.payment_batch_max,
+                                settings.payment_lease_s, settings.payment_attempts_max)  # fmt: skip
+        return [row["id"] for row in rows]
+
+    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
+        """The batch in one statement; when it fails for a reason of its own (not the database
+        going away), each payment alone, so that one bad payment holds up no other: it stays
+        claimed until its lease runs out, and fails after payment_attempts_max claims."""
+        try:
+            await self.settle_batch(pool, worker, ids)
+        except UNREACHABLE:
+            raise
+        except (*RETRYABLE, asyncpg.PostgresError) as error:
+            if len(ids) == 1:
+                log.error("payment_not_settled", payment_id=ids[0], error=type(error).__name__)
+                return
+            log.warning("payment_batch_failed", size=len(ids), error=type(error).__name__)
+            for payment_id in ids:
+                await self.settle(pool, worker, [payment_id])
+
+    async def settle_batch(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
+        rows = await pool.fetch(Q.settle_payments, worker, ids)
+        parties: set[int] = set()
+        for row in rows:
+            metrics.PAYMENTS_SETTLED.labels(outcome=row["outcome"]).inc()
+            metrics.PAYMENT_SETTLE_LATENCY.observe(row["latency_s"])
+            parties.update(row["parties"])
+        await self.invalidate(parties)
+
+    async def invalidate(self, user_ids: set[int]) -> None:
+        """The cached reads of every user whose books a settlement changed; best effort (the
+        entries expire within CACHE_TTL anyway)."""
+        if not user_ids:
+            return
+        with contextlib.suppress(*REDIS_ERRORS):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids:
+                    pipe.incr(redis_keys.cache_version(user_id))
+                    pipe.expire(redis_keys.cache_version(user_id), CACHE_VERSION_TTL_S)
+                await pipe.execute()
+
+    async def release(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
+        await pool.execute(Q.release_payments, worker, ids)

@@ -1,0 +1,145 @@
+"""The worker: `python -m payments worker`. Each job (payments today; payroll batches and webhook
+deliveries later) is an object with claim, settle and release; the loop is the same for all.
+
+WORKER_CONCURRENCY loops per job claim due work with FOR UPDATE SKIP LOCKED under a lease and
+settle it; they wake on the job's LISTEN channel, and look again every WORKER_POLL_INTERVAL as a
+safety net. Any number of worker processes may run, on any hosts. On SIGTERM or Ctrl-C the loops
+stop claiming, finish the batch in hand (it commits or rolls back, never half) and give back what
+they claimed and did not settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from payments.app import connect_redis
+from payments.payments.jobs import PaymentsJob
+from payments.platform.db import DB_ERRORS, UNREACHABLE, create_pool
+from payments.settings import Settings
+
+log = structlog.get_logger(__name__)
+WORKER_APPLICATION_NAME = "payments-worker"  # how /ready counts the workers' connections
+RECONNECT_PAUSE_S = 0.5  # after the database went away, before trying again
+SHUTDOWN_GRACE_S = 10.0  # a batch in hand gets this long to finish on SIGTERM
+
+
+class Job(Protocol):
+    name: str
+    channel: str
+
+    async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]: ...
+    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None: ...
+    async def release(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None: ...
+
+
+class Worker:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, jobs: list[Job]) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.jobs = jobs
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stopping = asyncio.Event()
+        self.due = {job.channel: asyncio.Event() for job in jobs}
+
+    async def run(self) -> None:
+        log.info("worker_started", worker=self.id, jobs=[job.name for job in self.jobs],
+                 concurrency=self.settings.worker_concurrency)  # fmt: skip
+        loops = [
+            asyncio.create_task(self.loop(job))
+            for job in self.jobs
+            for _ in range(self.settings.worker_concurrency)
+        ]
+        listener = asyncio.create_task(self.listen())
+        await self.stopping.wait()
+        _, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_S)
+        for task in [*pending, listener]:
+            task.cancel()
+        await asyncio.gather(*pending, listener, return_exceptions=True)
+        log.info("worker_stopped", worker=self.id)
+
+    async def loop(self, job: Job) -> None:
+        """Claim, settle, repeat; wait for a notification (or the poll interval) when idle."""
+        due = self.due[job.channel]
+        while not self.stopping.is_set():
+            try:
+                ids = await job.claim(self.pool, self.id)
+            except DB_ERRORS as error:
+                log.warning("worker_claim_failed", job=job.name, error=type(error).__name__)
+                await self.pause(RECONNECT_PAUSE_S)
+                continue
+            if not ids:
+                due.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(due.wait(), self.settings.worker_poll_interval_s)
+                continue
+            try:
+                await self.settle(job, ids)
+            except asyncio.CancelledError:  # past the shutdown grace: give the batch back
+                with contextlib.suppress(*DB_ERRORS):
+                    await asyncio.shield(job.release(self.pool, self.id, ids))
+                raise
+
+    async def settle(self, job: Job, ids: list[int]) -> None:
+        """Settle what this loop claimed. While the database is away the same batch is tried
+        again (it is still ours until its lease runs out); on stopping it is given back."""
+        while True:
+            try:
+                await job.settle(self.pool, self.id, ids)
+                return
+            except UNREACHABLE as error:
+                log.warning("worker_settle_failed", job=job.name, error=type(error).__name__)
+                if self.stopping.is_set():
+                    return  # the lease gives them to another worker
+                await self.pause(RECONNECT_PAUSE_S)
+
+    async def listen(self) -> None:
+        """One connection LISTENs on every job's channel and wakes its loops; when it breaks,
+        the loops keep polling while it reconnects."""
+        while not self.stopping.is_set():
+            try:
+                connection = await asyncpg.connect(
+                    str(self.settings.database_url),
+                    server_settings={"application_name": WORKER_APPLICATION_NAME},
+                )
+            except (*DB_ERRORS, OSError) as error:
+                log.warning("worker_listen_failed", error=type(error).__name__)
+                await self.pause(RECONNECT_PAUSE_S)
+                continue
+            try:
+                for channel, event in self.due.items():
+                    await connection.add_listener(channel, lambda *_, e=event: e.set())
+                while not self.stopping.is_set() and not connection.is_closed():
+                    await self.pause(1.0)
+            finally:
+                with contextlib.suppress(*DB_ERRORS, OSError):
+                    await connection.close(timeout=1)
+
+    async def pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+
+async def run_worker(settings: Settings) -> None:
+    """The worker process: its pool (one connection per loop, and the listener's own), its jobs,
+    until SIGTERM or SIGINT."""
+    concurrency = settings.worker_concurrency
+    pool = await create_pool(settings, str(settings.database_url),
+                             application_name=WORKER_APPLICATION_NAME, size_max=concurrency + 1)  # fmt: skip
+    redis = connect_redis(settings)
+    worker = Worker(settings, pool, [PaymentsJob(settings, redis)])
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(stop_signal, worker.stopping.set)
+    try:
+        await worker.run()
+    finally:
+        await redis.aclose()
+        await pool.close()

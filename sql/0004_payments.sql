@@ -1,0 +1,221 @@
+-- Payments: accepted now, settled later by a worker. The payment row is the job: it is written in
+-- the same statement as the key's answer, so an accepted payment is never lost, and it is settled
+-- in the same transaction as the money it moves, so it is never settled twice.
+
+-- One payment, from its acceptance to its final state. PENDING: waiting for a worker. PROCESSING:
+-- claimed by one worker (lease_owner) until lease_until; a worker that died is replaced once the
+-- lease has run out. SUCCEEDED carries the transfer that moved the money; FAILED the reason.
+CREATE TABLE payment (
+    id                  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id             bigint      NOT NULL REFERENCES app_user (id),
+    source_account_id   bigint      NOT NULL,
+    target_account_id   bigint      NOT NULL,
+    amount_minor        bigint      NOT NULL CHECK (amount_minor > 0),
+    currency            text        NOT NULL REFERENCES currency (code),
+    description         text        CHECK (length(description) <= 500),
+    status              text        NOT NULL DEFAULT 'PENDING'
+                                    CHECK (status IN ('PENDING', 'PROCESSING', 'SUCCEEDED', 'FAILED')),
+    failure_reason      text        CHECK (failure_reason ~ '^[a-z_]{1,64}$'),
+    transfer_id         bigint      UNIQUE REFERENCES transfer (id),
+    idempotency_key_id  bigint      UNIQUE,  -- one key accepts one payment
+    attempts            smallint    NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    lease_owner         text        CHECK (length(lease_owner) <= 100),
+    lease_until         timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    settled_at          timestamptz,
+    CHECK (source_account_id <> target_account_id),
+    CHECK ((status = 'SUCCEEDED') = (transfer_id IS NOT NULL)),
+    CHECK ((status = 'FAILED') = (failure_reason IS NOT NULL)),
+    CHECK ((status IN ('SUCCEEDED', 'FAILED')) = (settled_at IS NOT NULL)),
+    CHECK ((status = 'PROCESSING') = (lease_until IS NOT NULL)),
+    FOREIGN KEY (source_account_id, currency) REFERENCES account (id, currency),
+    FOREIGN KEY (target_account_id, currency) REFERENCES account (id, currency)
+);
+-- The queue: only payments not yet final, in the order they came.
+CREATE INDEX payment_due_idx ON payment (id) WHERE status IN ('PENDING', 'PROCESSING');
+CREATE INDEX payment_source_idx ON payment (source_account_id, id);
+CREATE INDEX payment_target_idx ON payment (target_account_id, id);
+
+-- A payment's settlement is a transfer of its own kind.
+ALTER TABLE transfer DROP CONSTRAINT transfer_kind_check,
+    ADD CONSTRAINT transfer_kind_check
+        CHECK (kind IN ('transfer', 'opening', 'reversal', 'deposit', 'payment'));
+
+CREATE VIEW payment_out AS
+SELECT p.id, p.status, s.user_id AS source_user_id, d.user_id AS target_user_id,
+       (SELECT row_to_json(r)
+          FROM (SELECT p.id, p.status, s.account_number AS from_account_number,
+                       d.account_number AS to_account_number,
+                       money_text(p.amount_minor, c.exponent) AS amount, p.currency,
+                       p.description, p.failure_reason, p.transfer_id AS transaction_id,
+                       '/api/v1/payments/' || p.id AS poll_url,
+                       utc_text(p.created_at) AS created_at,
+                       utc_text(p.updated_at) AS updated_at) r) AS body
+  FROM payment p
+  JOIN account s ON s.id = p.source_account_id
+  JOIN account d ON d.id = p.target_account_id
+  JOIN currency c ON c.code = p.currency;
+
+-- POST /payments: everything that can be decided now is decided now (unknown or foreign account,
+-- self-payment, currency, decimals), as for a transfer; the funds are checked when the payment
+-- settles. Accepted: the payment row and the key's answer (202) commit together, and the workers
+-- listening on 'payment_due' are woken when it commits.
+CREATE FUNCTION create_payment_v1(
+    p_user_id bigint, p_key text, p_fingerprint bytea, p_key_ttl_s int,
+    p_from_number text, p_to_number text, p_amount text, p_currency text, p_description text,
+    OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_claim record;
+    v_target record;
+    v_source_id bigint;
+    v_currency text;
+    v_amount_minor bigint;
+    v_payment_id bigint;
+BEGIN
+    SELECT * INTO v_claim FROM claim_idempotency_key_v1(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
+    SELECT v_claim.status, v_claim.body, v_claim.replayed, v_claim.stored, '{}'
+      INTO status, body, replayed, stored, parties;
+    IF NOT v_claim.claimed THEN
+        RETURN;
+    END IF;
+
+    SELECT a.id, a.currency INTO v_target FROM account a
+     WHERE a.account_number = p_to_number AND a.kind = 'customer';
+    IF v_target.id IS NULL THEN
+        SELECT b.status, b.body INTO status, body
+          FROM business_problem('unknown_account', 'no such recipient account') b;
+    ELSE
+        v_currency := coalesce(p_currency, v_target.currency);
+        v_amount_minor := amount_minor_v1(p_amount, v_currency);
+        IF v_amount_minor IS NULL THEN
+            DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
+            stored := false;
+            status := 422;
+            body := validation_problem_v1('amount', format('%s takes at most %s decimals',
+                v_currency, (SELECT c.exponent FROM currency c WHERE c.code = v_currency)));
+            RETURN;
+        END IF;
+        IF p_from_number IS NOT NULL THEN
+            SELECT a.id INTO v_source_id FROM account a
+             WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
+            IF v_source_id IS NULL THEN
+                SELECT b.status, b.body INTO status, body
+                  FROM business_problem('unknown_account', 'no such source account of yours') b;
+            END IF;
+        ELSE
+            SELECT a.id INTO v_source_id FROM account a
+             WHERE a.user_id = p_user_id AND a.currency = v_currency;
+            IF v_source_id IS NULL THEN
+                SELECT b.status, b.body INTO status, body
+                  FROM business_problem('currency_mismatch',
+                                        format('you hold no %s account', v_currency)) b;
+            END IF;
+        END IF;
+    END IF;
+    IF status IS NULL AND v_source_id = v_target.id THEN
+        SELECT b.status, b.body INTO status, body FROM business_problem(
+            'self_transfer', 'the source and the recipient are the same account') b;
+    END IF;
+    IF status IS NULL AND v_currency <> v_target.currency THEN
+        SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
+            format('the recipient account holds %s, not %s', v_target.currency, v_currency)) b;
+    END IF;
+
+    IF status IS NULL THEN
+        INSERT INTO payment (user_id, source_account_id, target_account_id, amount_minor, currency,
+                             description, idempotency_key_id)
+        VALUES (p_user_id, v_source_id, v_target.id, v_amount_minor, v_currency, p_description,
+                v_claim.key_id)
+        RETURNING id INTO v_payment_id;
+        status := 202;
+        SELECT o.body::text INTO body FROM payment_out o WHERE o.id = v_payment_id;
+        PERFORM pg_notify('payment_due', '');
+    END IF;
+    PERFORM finish_idempotency_key(v_claim.key_id, status, body);
+END $$;
+
+-- A worker's claim: up to p_limit payments due, oldest first, PENDING or PROCESSING under a lease
+-- that ran out (its worker died or stalled), marked PROCESSING for p_worker until now + p_lease_s.
+-- SKIP LOCKED: workers claiming at once never take the same payment and never wait on each other.
+-- A payment claimed p_attempts_max times without settling fails instead of being claimed again,
+-- so one that cannot be settled never holds up the queue.
+CREATE FUNCTION claim_payments_v1(p_worker text, p_limit int, p_lease_s int, p_attempts_max int)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE payment p
+       SET status = 'FAILED', failure_reason = 'settlement_error', lease_owner = NULL,
+           lease_until = NULL, settled_at = now(), updated_at = now()
+     WHERE p.id IN (SELECT q.id FROM payment q
+                     WHERE q.status = 'PROCESSING' AND q.lease_until < now()
+                       AND q.attempts >= p_attempts_max
+                     ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED);
+    RETURN QUERY
+    UPDATE payment p
+       SET status = 'PROCESSING', lease_owner = p_worker,
+           lease_until = now() + make_interval(secs => p_lease_s),
+           attempts = p.attempts + 1, updated_at = now()
+     WHERE p.id IN (SELECT q.id FROM payment q
+                     WHERE q.status = 'PENDING'
+                        OR (q.status = 'PROCESSING' AND q.lease_until < now())
+                     ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED)
+    RETURNING p.id;
+END $$;
+
+-- Settle the payments p_worker claimed, in one transaction: for each one still its own (the lease
+-- not taken over), the money, the transfer, its ledger entries and the final state commit
+-- together, or nothing does. Every account of the batch is locked first, in id order, so two
+-- batches (or a batch and a transfer) cannot deadlock. A payment that cannot be afforded FAILS
+-- with the reason move_money_v1 gives; the others go on. Returns each settled payment's outcome
+-- and its latency from acceptance, for the metrics.
+CREATE FUNCTION settle_payments_v1(p_worker text, p_ids bigint[])
+RETURNS TABLE (payment_id bigint, outcome text, latency_s double precision,
+               parties bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_payment record;
+    v_moved record;
+BEGIN
+    PERFORM 1 FROM account a
+     WHERE a.id IN (SELECT unnest(ARRAY[p.source_account_id, p.target_account_id])
+                      FROM payment p WHERE p.id = ANY(p_ids))
+     ORDER BY a.id FOR NO KEY UPDATE;
+    FOR v_payment IN
+        SELECT p.id, p.source_account_id, p.target_account_id, p.amount_minor, p.currency,
+               p.description, p.created_at, s.user_id AS source_user_id,
+               d.user_id AS target_user_id
+          FROM payment p
+          JOIN account s ON s.id = p.source_account_id
+          JOIN account d ON d.id = p.target_account_id
+         WHERE p.id = ANY(p_ids) AND p.status = 'PROCESSING' AND p.lease_owner = p_worker
+         ORDER BY p.id
+           FOR NO KEY UPDATE OF p
+    LOOP
+        SELECT * INTO v_moved FROM move_money_v1(
+            v_payment.source_account_id, v_payment.target_account_id, v_payment.amount_minor,
+            v_payment.currency, 'payment', v_payment.description, NULL, NULL);
+        UPDATE payment p
+           SET status = CASE WHEN v_moved.problem IS NULL THEN 'SUCCEEDED' ELSE 'FAILED' END,
+               failure_reason = v_moved.problem, transfer_id = v_moved.transfer_id,
+               lease_owner = NULL, lease_until = NULL, settled_at = now(), updated_at = now()
+         WHERE p.id = v_payment.id;
+        payment_id := v_payment.id;
+        outcome := CASE WHEN v_moved.problem IS NULL THEN 'succeeded' ELSE 'failed' END;
+        latency_s := extract(epoch FROM clock_timestamp() - v_payment.created_at);
+        parties := CASE WHEN v_moved.problem IS NULL  -- whose books, and cached reads, changed
+                        THEN ARRAY[v_payment.source_user_id, v_payment.target_user_id]
+                        ELSE ARRAY[]::bigint[] END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- A worker that stops gives back what it claimed and did not settle, so nobody waits for a lease.
+CREATE FUNCTION release_payments_v1(p_worker text, p_ids bigint[]) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE payment p
+       SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, updated_at = now()
+     WHERE p.id = ANY(p_ids) AND p.status = 'PROCESSING' AND p.lease_owner = p_worker
+$$;
+
