@@ -47,7 +47,12 @@ from payments.operations import docs, health
 from payments.payments import routes as payments
 from payments.platform import metrics
 from payments.platform.db import Q, create_pool
-from payments.platform.housekeeping import check_ledger_forever, sample_pool_forever, sweep_forever
+from payments.platform.housekeeping import (
+    check_ledger_forever,
+    sample_payment_queue_forever,
+    sample_pool_forever,
+    sweep_forever,
+)
 from payments.platform.log import configure_logging, flush_logs_forever
 from payments.platform.redis_link import RedisLink
 from payments.services import Services
@@ -153,6 +158,7 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(sweep_forever(found.pool, settings.idempotency_sweep_interval_s)),
             asyncio.create_task(check_ledger_forever(found.pool, settings.ledger_check_interval_s)),
             asyncio.create_task(sample_pool_forever(found.pool, POOL_SAMPLE_INTERVAL_S)),
+            asyncio.create_task(sample_payment_queue_forever(found.pool, POOL_SAMPLE_INTERVAL_S)),
             asyncio.create_task(flush_logs_forever()),
         ]
         # What start-up made lives as long as the process: the collector need not walk it again.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from payments.http.errors import UNAVAILABLE, ApiError, problem_response
 from payments.http.responses import json_response
+from payments.platform.db import Q
 from payments.services import services
 
 READY_TIMEOUT_S = 1.0  # a dependency slower than this to answer a ping is not ready
@@ -19,22 +21,32 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 when PostgreSQL and Redis both answer, else 503 naming the one that does not."""
+    """200 when PostgreSQL and Redis both answer, else 503 naming the one that does not. The
+    payments queue and whether a worker is connected are reported too: the API accepts payments
+    without a worker (they wait for one), so a missing worker does not make it unready."""
     found = services(request)
+    queue: dict[str, object] = {}
 
-    async def check(name: str, probe: asyncio.Future[object] | object) -> tuple[str, str]:
+    async def read_queue() -> None:
+        row = await found.pool.fetchrow(Q.payment_queue)
+        assert row is not None
+        queue.update(dict(row))
+
+    async def check(name: str, probe: Awaitable[object]) -> tuple[str, str]:
         try:
-            await asyncio.wait_for(probe, READY_TIMEOUT_S)  # type: ignore[arg-type]
+            await asyncio.wait_for(probe, READY_TIMEOUT_S)
             return name, "ok"
         except Exception:
             return name, "unavailable"
 
     components = dict(await asyncio.gather(
-        check("postgres", found.pool.fetchval("SELECT 1")),
+        check("postgres", read_queue()),
         check("redis", found.redis.ping()),
     ))  # fmt: skip
-    if any(state != "ok" for state in components.values()):
-        down = ", ".join(name for name, state in components.items() if state != "ok")
+    if components["postgres"] == "ok":
+        components["worker"] = "ok" if queue.pop("worker_connections") else "absent"
+    down = ", ".join(name for name in ("postgres", "redis") if components[name] != "ok")
+    if down:
         return problem_response(
             ApiError(
                 UNAVAILABLE,
@@ -43,4 +55,4 @@ async def ready(request: Request) -> Response:
                 components=components,
             )
         )
-    return json_response(200, {"status": "ok", "components": components})
+    return json_response(200, {"status": "ok", "components": components, "payments": queue})

@@ -31,10 +31,13 @@ SELECT payment_id, outcome, latency_s, parties FROM settle_payments_v1($1, $2);
 SELECT release_payments_v1($1, $2);
 
 -- name: payment_queue
--- Queue depth by state, and how long the oldest pending payment has waited (the partial index
--- holds only payments not yet final).
+-- Queue depth by state, how long the oldest pending payment has waited (the partial index holds
+-- only payments not yet final), and the workers' connections to this database.
 SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
        count(*) FILTER (WHERE status = 'PROCESSING') AS processing,
        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'PENDING')), 0)
-           AS oldest_pending_age_s
+           ::double precision AS oldest_pending_age_s,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE application_name = 'payments-worker' AND datname = current_database())
+           AS worker_connections
   FROM payment WHERE status IN ('PENDING', 'PROCESSING');

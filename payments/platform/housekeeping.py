@@ -69,3 +69,19 @@ async def sample_pool_forever(pool: asyncpg.Pool, interval_s: float) -> None:
         metrics.DB_POOL_CONNECTIONS.labels(state="open").set(size)
         metrics.DB_POOL_CONNECTIONS.labels(state="in_use").set(size - pool.get_idle_size())
         await asyncio.sleep(interval_s)
+
+
+async def sample_payment_queue_forever(pool: asyncpg.Pool, interval_s: float) -> None:
+    """Payments waiting and in hand, and the oldest one's wait, for the payments_payment_* gauges
+    (every API process samples; the gauges keep the largest, which is the latest)."""
+    while True:
+        try:
+            row = await pool.fetchrow(Q.payment_queue)
+        except DB_ERRORS as error:
+            log.warning("payment_queue_sample_failed", error=type(error).__name__)
+        else:
+            assert row is not None
+            metrics.PAYMENT_QUEUE.labels(state="pending").set(row["pending"])
+            metrics.PAYMENT_QUEUE.labels(state="processing").set(row["processing"])
+            metrics.PAYMENT_OLDEST_PENDING_AGE.set(row["oldest_pending_age_s"])
+        await asyncio.sleep(interval_s)

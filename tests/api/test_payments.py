@@ -218,3 +218,22 @@ async def test_payments_are_the_parties_own(
     assert [p["id"] for p in listed.json()["data"]] == [body["id"]]
     bad = await client.get(PAYMENTS, params={"status": "DONE"}, headers=bob.auth)
     assert (bad.status_code, bad.json()["code"]) == (422, "validation_error")
+
+
+async def test_ready_reports_the_queue_and_whether_a_worker_is_connected(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings,
+    redis: Redis,
+) -> None:  # fmt: skip
+    await pay(client, alice, bob.account_number, "1.00")
+    alone = (await client.get("/api/v1/ready")).json()
+    assert alone["components"] == {"postgres": "ok", "redis": "ok", "worker": "absent"}
+    assert (alone["payments"]["pending"], alone["payments"]["processing"]) == (1, 0)
+    assert alone["payments"]["oldest_pending_age_s"] >= 0
+    async with running_worker(settings, db, redis):
+        await settled(db, 1)
+        await asyncio.sleep(0.2)  # the listener's connection is up
+        beside = await client.get("/api/v1/ready")
+    assert beside.status_code == 200
+    assert beside.json()["components"]["worker"] == "ok"
+    assert beside.json()["payments"] == {
+        "pending": 0, "processing": 0, "oldest_pending_age_s": 0.0}  # fmt: skip
