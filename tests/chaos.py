@@ -29,7 +29,7 @@ from payments.identity.tokens import AccessTokens
 from payments.platform.embedded import RedisServer, free_port, start_postgres, stop_postgres
 from payments.platform.migrate import migrate
 from tests import procfs
-from tests.api.processes import server
+from tests.api.processes import server, start_worker
 from tests.books import book_violations
 from tests.conftest import make_settings
 from tests.population import FundedUser, open_funded_users
@@ -39,6 +39,8 @@ OPENING_MINOR = 100_000
 CLIENT_TIMEOUT_S = 2.0
 ATTEMPTS_MAX = 60  # per key; a key still unanswered after these is reported, not retried forever
 RETRY_PAUSE_S = 0.2
+PAYMENT_SHARE = 0.3  # of the money-moving requests, this share are payments, the rest transfers
+DRAIN_TIMEOUT_S = 60.0  # after the load, the worker settles what is left within this
 REVERSED_SHARE = 0.05  # of the transfers answered 201, the recipient reverses this share...
 REVERSALS_AT_ONCE = 4  # ...with this many reversals at once, each with its own key
 READY_TIMEOUT_S = 60.0
@@ -46,9 +48,12 @@ READY_TIMEOUT_S = 60.0
 
 @dataclass
 class Transfer:
+    """A money-moving request: a transfer (201) or a payment (202, settled by the worker)."""
+
     key: str
     user_id: int
     amount_minor: int
+    payment: bool = False
     status: int | None = None  # the definitive answer, if one came
     body: dict[str, Any] | None = None
     attempts: int = 0
@@ -75,8 +80,10 @@ async def client(http: httpx.AsyncClient, users: list[FundedUser], deadline: flo
                  rng: random.Random, report: Report) -> None:  # fmt: skip
     while time.monotonic() < deadline:
         source, target = rng.sample(users, 2)
-        transfer = Transfer(uuid.uuid4().hex, source.user_id, rng.randint(1, 5_000))
+        transfer = Transfer(uuid.uuid4().hex, source.user_id, rng.randint(1, 5_000),
+                            payment=rng.random() < PAYMENT_SHARE)  # fmt: skip
         report.transfers.append(transfer)
+        path = "/api/v1/payments" if transfer.payment else "/api/v1/transactions"
         body = {
             "to_account_number": target.account_number,
             "amount": f"{transfer.amount_minor / 100:.2f}",
@@ -85,13 +92,13 @@ async def client(http: httpx.AsyncClient, users: list[FundedUser], deadline: flo
         while transfer.status is None and transfer.attempts < ATTEMPTS_MAX:
             transfer.attempts += 1
             try:
-                response = await http.post("/api/v1/transactions", json=body, headers=headers,
+                response = await http.post(path, json=body, headers=headers,
                                            timeout=CLIENT_TIMEOUT_S)  # fmt: skip
             except httpx.HTTPError as error:
                 report.errors[type(error).__name__] += 1
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            if response.status_code in (201, 422):
+            if response.status_code in (201, 202, 422):
                 transfer.status, transfer.body = response.status_code, response.json()
             else:  # 409 in flight, 429, 503: the same key again, later
                 report.errors[f"HTTP {response.status_code}"] += 1
@@ -137,6 +144,39 @@ async def until_ready(base_url: str, since: float) -> float:
     raise RuntimeError("the service did not become ready again")
 
 
+class Worker:
+    """The payments worker beside the API, as an operator's supervisor would keep it running."""
+
+    def __init__(self, database_url: str, redis_url: str, folder: Path) -> None:
+        self.arguments = (database_url, redis_url, folder)
+        self.process = start_worker(*self.arguments)
+
+    def restart_killed(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.process = start_worker(*self.arguments)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+async def drain(database_url: str, report: Report) -> None:
+    """Wait until the worker settled every payment accepted."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while await conn.fetchval(
+            "SELECT count(*) FROM payment WHERE status IN ('PENDING', 'PROCESSING')"
+        ):
+            if time.monotonic() > deadline:
+                report.violations.append("payments still not final after the load")
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
 def workers_of(supervisor: int) -> list[int]:
     found = []
     for pid in procfs.pids():
@@ -161,8 +201,12 @@ def client_connections(pid: int, port: int) -> int:
 
 
 async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisServer,
-                 postgres: Any, report: Report) -> None:  # fmt: skip
-    await asyncio.sleep(seconds * 0.2)
+                 postgres: Any, worker: Worker, report: Report) -> None:  # fmt: skip
+    await asyncio.sleep(seconds * 0.1)
+    started = time.monotonic()
+    worker.restart_killed()
+    report.faults.append(("worker killed (SIGKILL) and restarted", time.monotonic() - started))
+    await asyncio.sleep(seconds * 0.1)
     port = int(base_url.rsplit(":", 1)[1])
     workers = sorted(
         workers_of(supervisor), key=lambda pid: client_connections(pid, port), reverse=True
@@ -212,13 +256,36 @@ async def check_books(database_url: str, report: Report) -> dict[str, int]:
                 " WHERE t.kind = 'transfer' GROUP BY 1, 2")
         }  # fmt: skip
         transfers = await conn.fetchval("SELECT count(*) FROM transfer WHERE kind = 'transfer'")
+        accepted = {
+            (row["principal_id"], row["key"]): row["ids"]
+            for row in await conn.fetch(
+                "SELECT k.principal_id, k.key, array_agg(p.id) AS ids FROM payment p"
+                " JOIN idempotency_key k ON k.id = p.idempotency_key_id GROUP BY 1, 2")
+        }  # fmt: skip
+        payments = dict(await conn.fetch("SELECT status, count(*) FROM payment GROUP BY 1"))
+        unsettled = await conn.fetchval(
+            "SELECT count(*) FROM payment p WHERE (p.status = 'SUCCEEDED') <> EXISTS ("
+            " SELECT 1 FROM transfer t WHERE t.id = p.transfer_id AND t.kind = 'payment'"
+            " AND t.amount_minor = p.amount_minor)")  # fmt: skip
+        orphans = await conn.fetchval(
+            "SELECT count(*) FROM transfer t WHERE t.kind = 'payment'"
+            " AND NOT EXISTS (SELECT 1 FROM payment p WHERE p.transfer_id = t.id)")  # fmt: skip
         reversed_by = {row["reverses_id"]: row["id"] for row in await conn.fetch(
             "SELECT id, reverses_id FROM transfer WHERE kind = 'reversal'")}  # fmt: skip
     finally:
         await conn.close()
     if transfers != sum(len(ids) for ids in applied.values()):
         report.violations.append("a transfer has no idempotency key")
+    if set(payments) - {"SUCCEEDED", "FAILED"}:
+        report.violations.append(f"payments not final: {payments}")
+    if unsettled or orphans:
+        report.violations.append(
+            f"{unsettled} payments and their transfer disagree, {orphans} orphans"
+        )
     for transfer in report.transfers:
+        if transfer.payment:
+            report.violations += payment_violations(transfer, accepted)
+            continue
         ids = applied.get((transfer.user_id, transfer.key), [])
         if len(ids) > 1:
             report.violations.append(f"key {transfer.key} applied {len(ids)} times")
@@ -234,13 +301,27 @@ async def check_books(database_url: str, report: Report) -> dict[str, int]:
     if report.errors["HTTP 500"]:
         report.violations.append(f"{report.errors['HTTP 500']} answers were 500, not 503")
     answered = Counter(str(t.status) for t in report.transfers)
+    settled = {f"payments {status.lower()}": count for status, count in payments.items()}
     reversals = Counter(str(r.status) for r in report.reversals)
     return {
         "transfers committed": int(transfers),
         **{f"answered {k}": v for k, v in answered.items()},
+        **settled,
         "reversals committed": len(reversed_by),
         **{f"reversals answered {k}": v for k, v in reversals.items()},
     }
+
+
+def payment_violations(transfer: Transfer, accepted: dict[tuple[int, str], list[int]]) -> list[str]:
+    """A payment answered 202 was accepted exactly once; one answered 422 was not accepted."""
+    ids = accepted.get((transfer.user_id, transfer.key), [])
+    if transfer.status == 202 and transfer.body is not None and ids != [transfer.body["id"]]:
+        return [f"payment key {transfer.key} answered 202 but its payments are {ids}"]
+    if transfer.status == 422 and ids:
+        return [f"payment key {transfer.key} answered 422 but was accepted"]
+    if len(ids) > 1:
+        return [f"payment key {transfer.key} accepted {len(ids)} times"]
+    return []
 
 
 def reversal_violations(reversals: list[Reversal], reversed_by: dict[int, int]) -> list[str]:
@@ -280,13 +361,18 @@ async def run(seconds: float, clients: int) -> Report:
                         IDEMPOTENCY_LOCK_TTL="3s") as (base_url, process):  # fmt: skip
                 rng = random.Random(20261121)
                 limits = httpx.Limits(max_connections=clients)
-                async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
-                    deadline = time.monotonic() + seconds
-                    await asyncio.gather(
-                        faults(seconds, base_url, process.pid, redis, postgres, report),
-                        *(client(http, users, deadline, random.Random(rng.random()), report)
-                          for _ in range(clients)),
-                    )  # fmt: skip
+                worker = Worker(database_url, redis.url, folder)
+                try:
+                    async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
+                        deadline = time.monotonic() + seconds
+                        await asyncio.gather(
+                            faults(seconds, base_url, process.pid, redis, postgres, worker, report),
+                            *(client(http, users, deadline, random.Random(rng.random()), report)
+                              for _ in range(clients)),
+                        )  # fmt: skip
+                    await drain(database_url, report)
+                finally:
+                    worker.stop()
             report_counts = await check_books(database_url, report)
             print_report(report, report_counts, seconds, clients)
         finally:

@@ -53,3 +53,20 @@ def server(
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         process.wait(15)
+
+
+def start_worker(database_url: str, redis_url: str, data_dir: Path,
+                 **variables: str) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`python -m payments worker` against the given database and Redis: a short lease and a
+    quick poll, so that tests see a killed worker replaced in about a second."""
+    environment = {
+        **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "DATA_DIR": str(data_dir), "LOG_LEVEL": "warning", "PAYMENT_LEASE": "1s",
+        "WORKER_POLL_INTERVAL": "100ms", **variables,
+    }  # fmt: skip
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (data_dir / "worker.log").open("ab")  # read it when a test fails
+    process = subprocess.Popen([sys.executable, "-m", "payments", "worker"], env=environment,
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log.close()
+    return process
