@@ -20,4 +20,8 @@ async def test_a_transfer_moves_money(client: httpx.AsyncClient, alice: User, bo
 async def test_ready_names_its_components(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "components": {"postgres": "ok", "redis": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "components": {"postgres": "ok", "redis": "ok", "worker": "absent"},
+        "payments": {"pending": 0, "processing": 0, "oldest_pending_age_s": 0.0},
+    }
