@@ -28,6 +28,7 @@ from payments.settings import Settings
 log = structlog.get_logger(__name__)
 WORKER_APPLICATION_NAME = "payments-worker"  # how /ready counts the workers' connections
 RECONNECT_PAUSE_S = 0.5  # after the database went away, before trying again
+BUSY_PAUSE_S = 0.02  # after a batch whose every item was busy elsewhere, before claiming again
 SHUTDOWN_GRACE_S = 10.0  # a batch in hand gets this long to finish on SIGTERM
 
 
@@ -36,7 +37,7 @@ class Job(Protocol):
     channel: str
 
     async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]: ...
-    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None: ...
+    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool: ...
     async def release(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None: ...
 
 
@@ -81,23 +82,23 @@ class Worker:
                     await asyncio.wait_for(due.wait(), self.settings.worker_poll_interval_s)
                 continue
             try:
-                await self.settle(job, ids)
+                if not await self.settle(job, ids):
+                    await self.pause(BUSY_PAUSE_S)
             except asyncio.CancelledError:  # past the shutdown grace: give the batch back
                 with contextlib.suppress(*DB_ERRORS):
                     await asyncio.shield(job.release(self.pool, self.id, ids))
                 raise
 
-    async def settle(self, job: Job, ids: list[int]) -> None:
-        """Settle what this loop claimed. While the database is away the same batch is tried
-        again (it is still ours until its lease runs out); on stopping it is given back."""
+    async def settle(self, job: Job, ids: list[int]) -> bool:
+        """Settle what this loop claimed; True when anything was. While the database is away
+        the same batch is tried again (it is still ours until its lease runs out)."""
         while True:
             try:
-                await job.settle(self.pool, self.id, ids)
-                return
+                return await job.settle(self.pool, self.id, ids)
             except UNREACHABLE as error:
                 log.warning("worker_settle_failed", job=job.name, error=type(error).__name__)
                 if self.stopping.is_set():
-                    return  # the lease gives them to another worker
+                    return False  # the lease gives them to another worker
                 await self.pause(RECONNECT_PAUSE_S)
 
     async def listen(self) -> None:

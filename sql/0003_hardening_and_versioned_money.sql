@@ -350,7 +350,7 @@ BEGIN
     ELSIF NOT p_is_admin AND p_user_id IS DISTINCT FROM v_original.target_user_id THEN
         SELECT b.status, b.body INTO status, body
           FROM business_problem('forbidden', 'only the recipient may reverse a transfer') b;
-    ELSIF v_original.kind <> 'transfer' THEN
+    ELSIF v_original.kind NOT IN ('transfer', 'payment') THEN  -- a settled payment too
         SELECT b.status, b.body INTO status, body
           FROM business_problem('not_reversible', format('a %s cannot be reversed', v_original.kind)) b;
     ELSIF EXISTS (SELECT 1 FROM transfer r WHERE r.reverses_id = v_original.id) THEN

@@ -16,7 +16,7 @@ CREATE TABLE payment (
     status              text        NOT NULL DEFAULT 'PENDING'
                                     CHECK (status IN ('PENDING', 'PROCESSING', 'SUCCEEDED', 'FAILED')),
     failure_reason      text        CHECK (failure_reason ~ '^[a-z_]{1,64}$'),
-    transfer_id         bigint      UNIQUE REFERENCES transfer (id),
+    transfer_id         bigint      REFERENCES transfer (id),
     idempotency_key_id  bigint      UNIQUE,  -- one key accepts one payment
     attempts            smallint    NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     lease_owner         text        CHECK (length(lease_owner) <= 100),
@@ -32,6 +32,8 @@ CREATE TABLE payment (
     FOREIGN KEY (source_account_id, currency) REFERENCES account (id, currency),
     FOREIGN KEY (target_account_id, currency) REFERENCES account (id, currency)
 );
+-- One payment per transfer; partial, so that accepting a payment writes no entry here.
+CREATE UNIQUE INDEX payment_transfer_key ON payment (transfer_id) WHERE transfer_id IS NOT NULL;
 -- The queue: only payments not yet final, in the order they came.
 CREATE INDEX payment_due_idx ON payment (id) WHERE status IN ('PENDING', 'PROCESSING');
 CREATE INDEX payment_source_idx ON payment (source_account_id, id);
@@ -131,7 +133,14 @@ BEGIN
         RETURNING id INTO v_payment_id;
         status := 202;
         SELECT o.body::text INTO body FROM payment_out o WHERE o.id = v_payment_id;
-        PERFORM pg_notify('payment_due', '');
+        -- Wake the workers, unless an older payment is still waiting: then they are busy, and
+        -- a busy loop claims again until it finds nothing. NOTIFY serialises the commits of the
+        -- transactions that send it, so under load it is sent rarely; the workers' poll covers
+        -- the moment a loop found nothing just before this commit.
+        IF NOT EXISTS (SELECT 1 FROM payment q
+                        WHERE q.status = 'PENDING' AND q.id < v_payment_id) THEN
+            PERFORM pg_notify('payment_due', '');
+        END IF;
     END IF;
     PERFORM finish_idempotency_key(v_claim.key_id, status, body);
 END $$;
@@ -142,16 +151,18 @@ END $$;
 -- A payment claimed p_attempts_max times without settling fails instead of being claimed again,
 -- so one that cannot be settled never holds up the queue.
 CREATE FUNCTION claim_payments_v1(p_worker text, p_limit int, p_lease_s int, p_attempts_max int)
-RETURNS SETOF bigint
+RETURNS TABLE (id bigint, claimed boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
+    RETURN QUERY  -- the ones failed here (claimed false), for the worker's metrics and log
     UPDATE payment p
        SET status = 'FAILED', failure_reason = 'settlement_error', lease_owner = NULL,
            lease_until = NULL, settled_at = now(), updated_at = now()
      WHERE p.id IN (SELECT q.id FROM payment q
                      WHERE q.status = 'PROCESSING' AND q.lease_until < now()
                        AND q.attempts >= p_attempts_max
-                     ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED);
+                     ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED)
+    RETURNING p.id, false;
     RETURN QUERY
     UPDATE payment p
        SET status = 'PROCESSING', lease_owner = p_worker,
@@ -161,27 +172,28 @@ BEGIN
                      WHERE q.status = 'PENDING'
                         OR (q.status = 'PROCESSING' AND q.lease_until < now())
                      ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED)
-    RETURNING p.id;
+    RETURNING p.id, true;
 END $$;
 
 -- Settle the payments p_worker claimed, in one transaction: for each one still its own (the lease
 -- not taken over), the money, the transfer, its ledger entries and the final state commit
--- together, or nothing does. Every account of the batch is locked first, in id order, so two
--- batches (or a batch and a transfer) cannot deadlock. A payment that cannot be afforded FAILS
--- with the reason move_money_v1 gives; the others go on. Returns each settled payment's outcome
--- and its latency from acceptance, for the metrics.
+-- together, or nothing does. A payment that cannot be afforded FAILS with the reason
+-- move_money_v1 gives; the others go on.
+-- The batch never waits for an account: each payment's two accounts are taken with SKIP LOCKED,
+-- and a payment whose account another transaction holds is given back (PENDING, the claim not
+-- counted as an attempt) to be settled a moment later. So batches settling at once on other
+-- workers, or transfers through the API, neither deadlock with it nor queue behind it.
+-- Returns each payment's outcome (succeeded, failed, deferred), its latency from acceptance,
+-- and whose books changed, for the metrics and the response cache.
 CREATE FUNCTION settle_payments_v1(p_worker text, p_ids bigint[])
 RETURNS TABLE (payment_id bigint, outcome text, latency_s double precision,
                parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     v_payment record;
+    v_locked int;
     v_moved record;
 BEGIN
-    PERFORM 1 FROM account a
-     WHERE a.id IN (SELECT unnest(ARRAY[p.source_account_id, p.target_account_id])
-                      FROM payment p WHERE p.id = ANY(p_ids))
-     ORDER BY a.id FOR NO KEY UPDATE;
     FOR v_payment IN
         SELECT p.id, p.source_account_id, p.target_account_id, p.amount_minor, p.currency,
                p.description, p.created_at, s.user_id AS source_user_id,
@@ -193,6 +205,22 @@ BEGIN
          ORDER BY p.id
            FOR NO KEY UPDATE OF p
     LOOP
+        payment_id := v_payment.id;
+        SELECT count(*) INTO v_locked
+          FROM (SELECT 1 FROM account a
+                 WHERE a.id IN (v_payment.source_account_id, v_payment.target_account_id)
+                 ORDER BY a.id FOR NO KEY UPDATE SKIP LOCKED) l;
+        IF v_locked < 2 THEN
+            UPDATE payment p
+               SET status = 'PENDING', lease_owner = NULL, lease_until = NULL,
+                   attempts = p.attempts - 1, updated_at = now()
+             WHERE p.id = v_payment.id;
+            outcome := 'deferred';
+            latency_s := NULL;
+            parties := ARRAY[]::bigint[];
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         SELECT * INTO v_moved FROM move_money_v1(
             v_payment.source_account_id, v_payment.target_account_id, v_payment.amount_minor,
             v_payment.currency, 'payment', v_payment.description, NULL, NULL);
@@ -201,7 +229,6 @@ BEGIN
                failure_reason = v_moved.problem, transfer_id = v_moved.transfer_id,
                lease_owner = NULL, lease_until = NULL, settled_at = now(), updated_at = now()
          WHERE p.id = v_payment.id;
-        payment_id := v_payment.id;
         outcome := CASE WHEN v_moved.problem IS NULL THEN 'succeeded' ELSE 'failed' END;
         latency_s := extract(epoch FROM clock_timestamp() - v_payment.created_at);
         parties := CASE WHEN v_moved.problem IS NULL  -- whose books, and cached reads, changed
@@ -211,11 +238,13 @@ BEGIN
     END LOOP;
 END $$;
 
--- A worker that stops gives back what it claimed and did not settle, so nobody waits for a lease.
+-- A worker that stops gives back what it claimed and did not settle, so nobody waits for a lease;
+-- a claim given back was no attempt.
 CREATE FUNCTION release_payments_v1(p_worker text, p_ids bigint[]) RETURNS void
 LANGUAGE sql AS $$
     UPDATE payment p
-       SET status = 'PENDING', lease_owner = NULL, lease_until = NULL, updated_at = now()
+       SET status = 'PENDING', lease_owner = NULL, lease_until = NULL,
+           attempts = p.attempts - 1, updated_at = now()
      WHERE p.id = ANY(p_ids) AND p.status = 'PROCESSING' AND p.lease_owner = p_worker
 $$;
 

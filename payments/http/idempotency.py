@@ -112,8 +112,9 @@ def stored_response(status: int, body: bytes, *, replayed: bool) -> Response:
     """An answer rendered by the database, sent as it was stored; a replay says so. An accepted
     request (202) says where to follow it: Location is its body's poll_url."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    if status == 202:
-        headers["Location"] = json.loads(body)["poll_url"]
+    location = json.loads(body).get("poll_url") if status == 202 else None
+    if location is not None:
+        headers["Location"] = location
     media_type = PROBLEM_MEDIA_TYPE if status >= 400 else "application/json"
     return Response(body, status_code=status, headers=headers, media_type=media_type)
 

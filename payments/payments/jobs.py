@@ -30,35 +30,49 @@ class PaymentsJob:
         self.redis = redis
 
     async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]:
+        """Due payments, now this worker's under a lease. Those claimed payment_attempts_max
+        times without settling fail instead (settlement_error): counted and logged here."""
         settings = self.settings
         rows = await pool.fetch(Q.claim_payments, worker, settings.payment_batch_max,
                                 settings.payment_lease_s, settings.payment_attempts_max)  # fmt: skip
-        return [row["id"] for row in rows]
+        for row in rows:
+            if not row["claimed"]:
+                metrics.PAYMENTS_SETTLED.labels(outcome="failed").inc()
+                log.error("payment_failed_unsettled", payment_id=row["id"],
+                          attempts_max=settings.payment_attempts_max)  # fmt: skip
+        return [row["id"] for row in rows if row["claimed"]]
 
-    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
+    async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool:
         """The batch in one statement; when it fails for a reason of its own (not the database
         going away), each payment alone, so that one bad payment holds up no other: it stays
         claimed until its lease runs out, and fails after payment_attempts_max claims."""
         try:
-            await self.settle_batch(pool, worker, ids)
+            return await self.settle_batch(pool, worker, ids)
         except UNREACHABLE:
             raise
         except (*RETRYABLE, asyncpg.PostgresError) as error:
             if len(ids) == 1:
                 log.error("payment_not_settled", payment_id=ids[0], error=type(error).__name__)
-                return
+                return False
             log.warning("payment_batch_failed", size=len(ids), error=type(error).__name__)
-            for payment_id in ids:
-                await self.settle(pool, worker, [payment_id])
+            settled = [await self.settle(pool, worker, [payment_id]) for payment_id in ids]
+            return any(settled)
 
-    async def settle_batch(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
+    async def settle_batch(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool:
+        """True when any payment was settled; False when all were deferred (their accounts were
+        busy): the loop then pauses a moment rather than claim them straight back."""
         rows = await pool.fetch(Q.settle_payments, worker, ids)
         parties: set[int] = set()
+        settled = False
         for row in rows:
+            if row["outcome"] == "deferred":
+                continue
+            settled = True
             metrics.PAYMENTS_SETTLED.labels(outcome=row["outcome"]).inc()
             metrics.PAYMENT_SETTLE_LATENCY.observe(row["latency_s"])
             parties.update(row["parties"])
         await self.invalidate(parties)
+        return settled
 
     async def invalidate(self, user_ids: set[int]) -> None:
         """The cached reads of every user whose books a settlement changed; best effort (the

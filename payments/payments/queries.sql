@@ -22,7 +22,7 @@ SELECT p.id, p.body::text
  LIMIT $4;
 
 -- name: claim_payments
-SELECT claim_payments_v1 AS id FROM claim_payments_v1($1, $2, $3, $4);
+SELECT id, claimed FROM claim_payments_v1($1, $2, $3, $4);
 
 -- name: settle_payments
 SELECT payment_id, outcome, latency_s, parties FROM settle_payments_v1($1, $2);

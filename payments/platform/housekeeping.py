@@ -73,7 +73,8 @@ async def sample_pool_forever(pool: asyncpg.Pool, interval_s: float) -> None:
 
 async def sample_payment_queue_forever(pool: asyncpg.Pool, interval_s: float) -> None:
     """Payments waiting and in hand, and the oldest one's wait, for the payments_payment_* gauges
-    (every API process samples; the gauges keep the largest, which is the latest)."""
+    (every API process samples the same queue; the gauges show the most recent sample of a live
+    process)."""
     while True:
         try:
             row = await pool.fetchrow(Q.payment_queue)

@@ -86,12 +86,12 @@ PAYMENT_SETTLE_LATENCY = Histogram(
 )
 PAYMENT_QUEUE = Gauge(
     "payments_payment_queue", "Payments not yet final, by state (pending, processing).", ["state"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemostrecent",
 )  # fmt: skip
 PAYMENT_OLDEST_PENDING_AGE = Gauge(
     "payments_payment_oldest_pending_age_seconds",
     "How long the oldest pending payment has waited for a worker.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemostrecent",
 )
 LEDGER_INVARIANT_VIOLATIONS = Counter(
     "payments_ledger_invariant_violations_total",

@@ -196,11 +196,12 @@ async def test_a_payment_that_cannot_be_settled_fails_instead_of_holding_the_que
 ) -> None:
     """Claimed payment_attempts_max times and never settled (its workers died each time): the
     next claim fails it with settlement_error, moving nothing."""
-    await pay(client, alice, bob.account_number, "3.00")
+    payment_id = (await pay(client, alice, bob.account_number, "3.00")).json()["id"]
     for _ in range(3):
         assert len(await db.fetch(Q.claim_payments, "crashing", 10, 0, 3)) == 1
         await asyncio.sleep(0.01)
-    assert await db.fetch(Q.claim_payments, "next", 10, 30, 3) == []
+    failed = await db.fetch(Q.claim_payments, "next", 10, 30, 3)
+    assert [tuple(row) for row in failed] == [(payment_id, False)]  # told, not claimed
     row = await db.fetchrow("SELECT status, failure_reason, transfer_id FROM payment")
     assert tuple(row) == ("FAILED", "settlement_error", None)
     assert await balance_minor(db, bob.account_number) == 100000
@@ -237,3 +238,30 @@ async def test_ready_reports_the_queue_and_whether_a_worker_is_connected(
     assert beside.json()["components"]["worker"] == "ok"
     assert beside.json()["payments"] == {
         "pending": 0, "processing": 0, "oldest_pending_age_s": 0.0}  # fmt: skip
+
+
+async def test_a_claim_given_back_on_a_graceful_stop_is_no_attempt(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
+    payment_id = (await pay(client, alice, bob.account_number, "3.00")).json()["id"]
+    for _ in range(5):  # five deploys, each stopping a worker with the payment in hand
+        assert [row["id"] for row in await db.fetch(Q.claim_payments, "w", 10, 30, 3)] == [
+            payment_id
+        ]
+        await db.fetch(Q.release_payments, "w", [payment_id])
+    row = await db.fetchrow("SELECT status, attempts, lease_owner FROM payment")
+    assert tuple(row) == ("PENDING", 0, None)
+
+
+async def test_the_payee_may_reverse_a_settled_payment(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings,
+    redis: Redis,
+) -> None:  # fmt: skip
+    body = (await pay(client, alice, bob.account_number, "8.00")).json()
+    async with running_worker(settings, db, redis):
+        await settled(db, 1)
+    transaction_id = (await client.get(body["poll_url"], headers=bob.auth)).json()["transaction_id"]
+    reversed_ = await client.post(f"/api/v1/transactions/{transaction_id}/reverse", json={},
+                                  headers={**bob.auth, "Idempotency-Key": "undo"})  # fmt: skip
+    assert (reversed_.status_code, reversed_.json()["reverses"]) == (201, transaction_id)
+    assert await balance_minor(db, alice.account_number) == 100000

@@ -32,6 +32,7 @@ from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from payments.settings import Settings
 from tests.api.processes import server
+from tests.bench import payments
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
@@ -223,12 +224,16 @@ async def check_books(database_url: str) -> str:
         violations = await book_violations(
             conn, currency="USD", customers_hold_minor=(ACCOUNTS + 1) * OPENING_MINOR
         )
-        moved = await conn.fetchval("SELECT count(*) FROM transfer WHERE kind = 'transfer'")
+        moved = await conn.fetchval(
+            "SELECT count(*) FROM transfer WHERE kind IN ('transfer', 'payment')"
+        )
     finally:
         await conn.close()
     if violations:
         raise SystemExit("the books do not balance: " + "; ".join(violations))
-    return f"books balanced after {moved} transfers: ledger sums to zero, money conserved"
+    return (
+        f"books balanced after {moved} transfers and payments: ledger sums to zero, money conserved"
+    )
 
 
 def postgres_processes(database_url: str) -> set[int]:
@@ -238,7 +243,8 @@ def postgres_processes(database_url: str) -> set[int]:
     return process_tree(postmaster)
 
 
-SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql")
+SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql",
+             "payment-accept", "payment-settle", "payment-latency")  # fmt: skip
 
 
 @dataclass
@@ -252,6 +258,10 @@ class Bench:
     pool_size: int  # the service's own connections, all processes together
     key_ttl_s: int
     meter: CpuMeter
+    supervisor: int  # the `run` process: the API's processes and the worker beside them
+    data_dir: Path
+    redis_url: str
+    accept_rate: float = 0.0  # payments accepted per second, once payment-accept measured it
 
 
 async def scenario(name: str, bench: Bench) -> list[Result]:
@@ -277,12 +287,68 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return [
                 await drive(Result(name, clients), replays(port, users, clients), seconds, meter)
             ]
+        case "payment-accept":  # the worker held still: accepting alone
+            requests = payments.payment_requests(users, seed=3)
+            attempts = [over_http(port, lambda: next(requests), status_is(202))
+                        for _ in range(clients)]  # fmt: skip
+            with payments.held_still(payments.worker_pids(bench.supervisor)):
+                result = await drive(Result(name, clients), attempts, seconds, meter)
+            bench.accept_rate = result.rate
+            return [result]
+        case "payment-settle":
+            return [await settle_backlog(bench, extra_workers) for extra_workers in (0, 1)]
+        case "payment-latency":
+            return [await settle_latency(bench)]
         case "raw-sql":
             async with asyncpg.create_pool(bench.database_url, min_size=bench.pool_size,
                                            max_size=bench.pool_size) as pool:  # fmt: skip
                 attempts = raw_sql(pool, users, clients, bench.key_ttl_s)
                 return [await drive(Result(name, clients), attempts, seconds, meter)]
     raise SystemExit(f"no scenario {name!r}: choose from {', '.join(SCENARIOS)}")
+
+
+async def settle_backlog(bench: Bench, extra_workers: int) -> Result:
+    """A backlog of payments.BACKLOG drained by run's worker and extra_workers more."""
+    count = 1 + extra_workers
+    elapsed = await payments.drain_seconds(bench.database_url, bench.users, bench.supervisor,
+                                               bench.data_dir, bench.redis_url, extra_workers)  # fmt: skip
+    print(f"  payment-settle: {payments.BACKLOG} payments by {count} worker(s) in {elapsed:.1f} s",
+          file=sys.stderr)  # fmt: skip
+    result = Result(f"payment-settle ({count} worker{'s' if count > 1 else ''})", 0, elapsed)
+    result.latencies_s = [0.0] * payments.BACKLOG  # the rate; its latency is the next scenario's
+    return result
+
+
+async def settle_latency(bench: Bench) -> Result:
+    """Payments accepted at half the accept rate with the worker running; the latencies are
+    from acceptance to SUCCEEDED, read from the payments themselves."""
+    rate = (bench.accept_rate or 1000.0) / 2
+    conn = await asyncpg.connect(bench.database_url)
+    since_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM payment")
+    await conn.close()
+    requests = payments.payment_requests(bench.users, seed=4)
+    interval_s = bench.clients / rate
+    attempts = [paced(over_http(bench.port, lambda: next(requests), status_is(202)), interval_s)
+                for _ in range(bench.clients)]  # fmt: skip
+    result = await drive(Result("payment-latency", bench.clients), attempts, bench.seconds)
+    result.latencies_s = await payments.settle_latencies(bench.database_url, since_id)
+    result.seconds = bench.seconds + WARMUP_S
+    print(f"  payment-latency at {rate:.0f}/s: {payments.summary_ms(result.latencies_s)}",
+          file=sys.stderr)  # fmt: skip
+    return result
+
+
+def paced(attempt: Attempt, interval_s: float) -> Attempt:
+    """One request every interval_s at most, whatever the answer's speed."""
+    next_at = time.monotonic()
+
+    async def attempt_on_time() -> str | None:
+        nonlocal next_at
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        next_at = max(next_at + interval_s, time.monotonic())
+        return await attempt()
+
+    return attempt_on_time
 
 
 async def run(names: list[str], seconds: float, clients: int, workers: int, out: Path) -> None:
@@ -312,7 +378,7 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
             })  # fmt: skip
             bench = Bench(int(base_url.rsplit(":", 1)[1]), database_url, users, merchant, clients,
                           seconds, Settings.model_fields["db_pool_size_max"].default * workers,
-                          settings.idempotency_ttl_s, meter)  # fmt: skip
+                          settings.idempotency_ttl_s, meter, process.pid, data_dir, redis_url)  # fmt: skip
             results = [result for name in names for result in await scenario(name, bench)]
             books = await check_books(database_url)
     summaries = [r.summary() for r in results]
