@@ -6,7 +6,9 @@ import asyncpg
 
 from payments.platform.db import Q
 
-CLEAN_TABLES = "ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log"
+CLEAN_TABLES = (
+    "ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log, api_key"
+)
 
 
 async def reset_books(db: asyncpg.Pool) -> None:
