@@ -41,10 +41,15 @@ SELECT revoked_at IS NOT NULL FROM token_family WHERE id = $1;
 SELECT r.family_id FROM refresh_token r JOIN token_family f ON f.id = r.family_id
  WHERE r.token_hash = $1 AND f.user_id = $2;
 
--- name: recently_revoked_families
--- A user's sessions revoked within one access-token lifetime: their tokens may still be presented.
-SELECT f.id FROM token_family f
- WHERE f.user_id = $1 AND f.revoked_at > now() - make_interval(secs => $2);
+-- name: recently_revoked_credentials
+-- A user's sessions revoked within one access-token lifetime ($2 seconds: their tokens may still
+-- be presented) and API keys revoked within $3 seconds (a process may still hold the key's owner
+-- in its cache): what Redis must deny again after it lost its denylist.
+SELECT f.id::text AS family_id, NULL::bigint AS api_key_id FROM token_family f
+ WHERE f.user_id = $1 AND f.revoked_at > now() - make_interval(secs => $2)
+ UNION ALL
+SELECT NULL, k.id FROM api_key k
+ WHERE k.user_id = $1 AND k.revoked_at > now() - make_interval(secs => $3);
 
 -- name: make_admin
 -- The user's role becomes admin; the audit log says who was made one, and how.
