@@ -52,8 +52,9 @@ def invalid_api_key() -> ApiError:
 
 class ApiKeyCache:
     """The principals of the keys this process has seen, each trusted for at most max_age_s after
-    PostgreSQL was asked. A key that is unknown or revoked is remembered too, as refused (neither
-    can become valid again). Concurrent first uses of one key share one lookup.
+    PostgreSQL was asked. A revoked key is remembered too, as refused (it cannot become valid
+    again); an unknown one is not, so that made-up keys cannot crowd real ones out of the map.
+    Concurrent first uses of one key share one lookup.
 
     Keeps: a key revoked in PostgreSQL is refused here within max_age_s of its revocation; sooner
     is the denylist's work (a revoked key's family stays denied in Redis for longer than this)."""
@@ -94,8 +95,10 @@ class ApiKeyCache:
         # this fresh, so the entry never outlives a revocation by more than max_age_s.
         held_until = time.monotonic() + self.max_age_s
         row = await pool.fetchrow(Q.api_key_owner, key_hash, self.last_used_interval_s)
+        if row is None:
+            return None
         principal = None
-        if row is not None and not row["revoked"]:
+        if not row["revoked"]:
             family_id = api_key_family_id(row["id"])
             principal = Principal(
                 user_id=row["user_id"], role=row["role"], token_id=family_id, family_id=family_id,

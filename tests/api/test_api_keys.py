@@ -145,10 +145,13 @@ async def test_key_management_and_logout_take_an_access_token_not_a_key(
     assert (await client.get(KEYS, headers=alice.auth)).json()["data"][0]["revoked_at"] is None
 
 
-async def test_a_key_that_is_not_one_of_ours_is_refused(client: httpx.AsyncClient) -> None:
+async def test_a_key_that_is_not_one_of_ours_is_refused_and_not_remembered(
+    client: httpx.AsyncClient, app: Starlette
+) -> None:
     for key in ("sk_" + "A" * 43, "sk_short", "sk_" + "A" * 42 + "!", "sk_" + "A" * 44):
         response = await client.get("/api/v1/accounts", headers=bearer(key))
         assert (response.status_code, response.json()["code"]) == (401, "invalid_token"), key
+        assert hashlib.sha256(key.encode()).digest() not in app.state.services.api_keys.known
 
 
 async def test_at_most_20_active_keys_even_when_30_are_asked_for_at_once(
