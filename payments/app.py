@@ -30,6 +30,7 @@ from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
 from payments.http.rules import (
     ADMIN_MONEY,
+    KEY_MANAGEMENT,
     MONEY,
     PUBLIC,
     READ,
@@ -39,6 +40,7 @@ from payments.http.rules import (
     RuledRoute,
     Rules,
 )
+from payments.identity import api_keys
 from payments.identity import routes as auth
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
@@ -71,7 +73,13 @@ def routes() -> list[RuledRoute]:
         RuledRoute(f"{API}/auth/register", POST=(auth.register, SIGN_IN)),
         RuledRoute(f"{API}/auth/login", POST=(auth.login, Rules(public=True, tiers=("auth", "login")))),
         RuledRoute(f"{API}/auth/refresh", POST=(auth.refresh, SIGN_IN)),
-        RuledRoute(f"{API}/auth/logout", POST=(auth.logout, Rules(tiers=("auth",), idempotency="accepted"))),
+        RuledRoute(f"{API}/auth/logout", POST=(auth.logout, Rules(tiers=("auth",), idempotency="accepted", api_key=False))),
+        RuledRoute(
+            f"{API}/api-keys",
+            GET=(api_keys.list_api_keys, KEY_MANAGEMENT),
+            POST=(api_keys.create_api_key, KEY_MANAGEMENT),
+        ),
+        RuledRoute(f"{API}/api-keys/{{id}}", DELETE=(api_keys.revoke_api_key, KEY_MANAGEMENT)),
         RuledRoute(
             f"{API}/accounts",
             GET=(accounts.list_accounts, Rules(cached_view="accounts")),

@@ -9,6 +9,7 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from payments.identity.api_key_cache import ApiKeyCache
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
 from payments.platform.redis_link import RedisLink
@@ -30,6 +31,10 @@ class Services:
     redis_link: RedisLink = field(init=False)  # the request path's two round trips
     admitter: Admitter = field(init=False)
     cursor_key: bytes = field(init=False)  # signs page cursors (service_key in the database)
+    api_keys: ApiKeyCache = field(init=False)  # the owners of the API keys this process has seen
+
+    def __post_init__(self) -> None:
+        self.api_keys = ApiKeyCache(self.settings)
 
 
 def services(request: Request) -> Services:

@@ -7,7 +7,8 @@ import asyncpg
 from payments.platform.db import Q
 
 CLEAN_TABLES = (
-    "payment, ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log"
+    "payment, ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log,"
+    " api_key"
 )
 
 

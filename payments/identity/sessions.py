@@ -1,5 +1,5 @@
 """Login sessions (token families): issuing a token pair, rotating refresh tokens with reuse
-detection, revoking, and checking an access token against the revocations."""
+detection, revoking, and checking an access token or an API key against the revocations."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from payments.http.errors import INVALID_TOKEN, UNAVAILABLE, ApiError
+from payments.identity.api_key_cache import api_key_family_id
 from payments.identity.tokens import Principal, new_refresh_token, refresh_token_hash
 from payments.platform import redis_keys
 from payments.platform.db import DB_ERRORS, Q
@@ -19,6 +20,7 @@ from payments.services import Services
 
 log = structlog.get_logger(__name__)
 DENYLIST_READY_TTL_S = 86400  # each user's denylist is re-checked against PostgreSQL daily
+KEY_REVOCATION_MARGIN_S = 60  # beyond the key cache's age: clocks, and a lookup still in flight
 
 
 def token_pair(
@@ -95,11 +97,20 @@ def revocation_ttl_s(services: Services) -> int:
     return services.settings.access_token_ttl_s + services.settings.jwt_leeway_s
 
 
+def key_revocation_ttl_s(services: Services) -> int:
+    """How long a key's revocation must stay in Redis: as long as a process may still hold the key's
+    owner in its cache (api_key_cache.py), with a margin. After that, every process that meets the
+    key asks PostgreSQL, which refuses it."""
+    return services.settings.api_key_cache_max_age_s + KEY_REVOCATION_MARGIN_S
+
+
 async def deny(
-    services: Services, *, user_id: int, family_id: str, token_id: str | None = None
-) -> None:
-    """Copy a revocation that PostgreSQL already holds into Redis, where every request looks."""
-    ttl_s = revocation_ttl_s(services)
+    services: Services, *, user_id: int, family_id: str, token_id: str | None = None,
+    ttl_s: int | None = None,
+) -> None:  # fmt: skip
+    """Copy a revocation that PostgreSQL already holds into Redis, where every request looks. The
+    marker lives ttl_s seconds, by default as long as an access token."""
+    ttl_s = revocation_ttl_s(services) if ttl_s is None else ttl_s
     try:
         async with services.redis.pipeline(transaction=True) as pipe:
             pipe.set(redis_keys.revoked_family(user_id, family_id), "1", ex=ttl_s)
@@ -119,11 +130,15 @@ async def forget_denylist(services: Services, user_id: int) -> None:
 
 
 async def revoked_in_database(services: Services, principal: Principal) -> bool:
-    """PostgreSQL's word on the token's session, for when Redis cannot give it."""
+    """PostgreSQL's word on the token's session, or on the API key, for when Redis cannot give it.
+    One that PostgreSQL does not know counts as revoked."""
     try:
-        revoked = await services.pool.fetchval(
-            Q.token_family_revoked, uuid.UUID(principal.family_id)
-        )
+        if principal.api_key_id is not None:
+            revoked = await services.pool.fetchval(Q.api_key_revoked, principal.api_key_id)
+        else:
+            revoked = await services.pool.fetchval(
+                Q.token_family_revoked, uuid.UUID(principal.family_id)
+            )
     except DB_ERRORS:
         raise ApiError(
             UNAVAILABLE, "cannot check the token now", headers={"Retry-After": "1"}
@@ -132,17 +147,24 @@ async def revoked_in_database(services: Services, principal: Principal) -> bool:
 
 
 async def restore_denylist(services: Services, user_id: int) -> None:
-    """Copy a user's recent revocations back into Redis (after it lost them), then mark the
-    user's denylist complete. Best effort: until it succeeds, PostgreSQL keeps being asked."""
+    """Copy a user's recent revocations, of sessions and of API keys, back into Redis (after it
+    lost them), then mark the user's denylist complete. Best effort: until it succeeds,
+    PostgreSQL keeps being asked."""
     ttl_s = revocation_ttl_s(services)
+    key_ttl_s = key_revocation_ttl_s(services)
     try:
-        rows = await services.pool.fetch(Q.recently_revoked_families, user_id, ttl_s)
+        rows = await services.pool.fetch(Q.recently_revoked_credentials, user_id, ttl_s, key_ttl_s)
         async with services.redis.pipeline(transaction=True) as pipe:
             for row in rows:
-                pipe.set(redis_keys.revoked_family(user_id, str(row["id"])), "1", ex=ttl_s)
+                if row["api_key_id"] is None:
+                    family_id, marker_ttl_s = row["family_id"], ttl_s
+                else:
+                    family_id, marker_ttl_s = api_key_family_id(row["api_key_id"]), key_ttl_s
+                pipe.set(redis_keys.revoked_family(user_id, family_id), "1", ex=marker_ttl_s)
             pipe.set(redis_keys.denylist_ready(user_id), "1", ex=DENYLIST_READY_TTL_S)
             await pipe.execute()
     except (*REDIS_ERRORS, *DB_ERRORS):
         log.warning("denylist_not_restored", user_id=user_id)
         return
-    log.info("denylist_restored", user_id=user_id, sessions=len(rows))
+    keys = sum(row["api_key_id"] is not None for row in rows)
+    log.info("denylist_restored", user_id=user_id, sessions=len(rows) - keys, api_keys=keys)

@@ -33,3 +33,10 @@ class IdentitySettings(Section):
     # address cannot take every place from the real logins of others.
     password_hash_per_client_max: int = 4
     password_hash_nice: int = 19  # hashing threads yield the CPU to requests (Linux niceness)
+
+    api_keys_active_max: int = 20  # unrevoked API keys a user may hold (409 api_key_limit)
+    # How long a process trusts what PostgreSQL said of a key before asking again; a revocation
+    # reaches every process sooner, through the Redis denylist each request checks.
+    api_key_cache_max_age_s: int = 60
+    api_key_cache_entries_max: int = 10_000  # keys one process remembers (about 300 B each)
+    api_key_last_used_interval_s: int = 60  # last_used_at is written at most this often

@@ -21,13 +21,14 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling, from a verified access token."""
+    """Who is calling, from a verified access token or an API key (api_key_cache.py)."""
 
     user_id: int
     role: str
     token_id: str  # jti
     family_id: str  # sid: the login session; revoking it refuses every token issued in it
-    expires_at: int  # exp, seconds since the epoch
+    expires_at: int  # exp, seconds since the epoch (an API key's: when it is looked up again)
+    api_key_id: int | None = None  # set when the caller presented an API key, not a token
 
     @property
     def is_admin(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncpg
 import httpx
 import structlog
@@ -83,14 +85,27 @@ async def test_the_ledger_check_finds_a_broken_book(
 
 
 async def test_no_secret_reaches_a_log_line(client: httpx.AsyncClient) -> None:
+    """Every line, with the context variables bound to it, through sign-in, transfers, refresh
+    tokens reused, logout and an API key made, used, refused, revoked and refused again."""
     secret_password = "s3cret-Passw0rd-for-logs"
-    with structlog.testing.capture_logs() as captured:
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as captured:
         registered = await client.post("/api/v1/auth/register", json={
             "email": "logs@example.com", "password": secret_password, "full_name": "Log Test"})  # fmt: skip
         assert registered.status_code == 201
         user = await log_in(client, "logs@example.com", secret_password)
         bob = await new_user(client, "bob")
         await send(client, user, bob.account_number, "1.00", key="logged-key")
+        created = (await client.post("/api/v1/api-keys", json={"name": "logs"},
+                                     headers=user.auth)).json()  # fmt: skip
+        api_key = created["key"]
+        keyed = dataclasses.replace(user, token=api_key)
+        assert (await client.get("/api/v1/accounts", headers=keyed.auth)).status_code == 200
+        assert (await send(client, keyed, bob.account_number, "1.00")).status_code == 201
+        assert (await client.get("/api/v1/api-keys", headers=keyed.auth)).status_code == 401
+        await client.delete(f"/api/v1/api-keys/{created['id']}", headers=user.auth)
+        assert (await client.get("/api/v1/accounts", headers=keyed.auth)).status_code == 401
         refreshed = (
             await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh_token})
         ).json()
@@ -105,11 +120,15 @@ async def test_no_secret_reaches_a_log_line(client: httpx.AsyncClient) -> None:
         )
     text = "\n".join(repr(entry) for entry in captured)
     finished = [entry for entry in captured if entry["event"] == "request_finished"]
-    assert len(finished) >= 8
+    assert len(finished) >= 14
+    assert {
+        entry["principal_id"] for entry in finished if entry["route"] == "/api/v1/accounts"
+    } == {user.user_id}  # the key's owner, never the key
     assert {entry["route"] for entry in finished} >= {"/api/v1/auth/login", "/api/v1/transactions"}
     for secret in (secret_password, PASSWORD, user.token, user.refresh_token, refreshed["access_token"],
-                   refreshed["refresh_token"], user.token.split(".")[2], "Bearer "):  # fmt: skip
-        assert secret not in text
+                   refreshed["refresh_token"], user.token.split(".")[2], "Bearer ", api_key,
+                   api_key[11:19]):  # fmt: skip
+        assert secret not in text  # api_key[11:19]: the key past the prefix a list shows
 
 
 async def test_the_contract_and_its_docs_are_served_offline(client: httpx.AsyncClient) -> None:
