@@ -22,7 +22,7 @@ PROMETHEUS_PATH = ROOT / "ops" / "prometheus" / "prometheus.yml"
 NGINX_PATH = ROOT / "ops" / "nginx" / "nginx.conf"
 DASHBOARDS = ROOT / "ops" / "grafana" / "dashboards"
 DATASOURCE_UID = "prometheus"
-SERVICES = {"postgres", "redis", "api", "proxy", "prometheus", "grafana"}
+SERVICES = {"postgres", "redis", "api", "worker", "proxy", "prometheus", "grafana"}
 METRIC_NAME = re.compile(r"\bpayments_[a-z_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -36,8 +36,12 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def environment_of(service: str) -> dict[str, str]:
+    return {key: str(value) for key, value in compose()["services"][service]["environment"].items()}
+
+
 def api_environment() -> dict[str, str]:
-    return {key: str(value) for key, value in compose()["services"]["api"]["environment"].items()}
+    return environment_of("api")
 
 
 def nginx_directive(pattern: str) -> str:
@@ -168,15 +172,50 @@ def test_the_api_environment_is_valid_settings() -> None:
     assert settings.forwarded_allow_ips
 
 
-def test_prometheus_scrapes_the_api_metrics_port() -> None:
+def scrape_targets() -> list[tuple[str, str]]:
     config = load_yaml(PROMETHEUS_PATH)
-    scrapes = [
+    return [
         (job.get("metrics_path", "/metrics"), target)
         for job in config["scrape_configs"]
         for static in job.get("static_configs", ())
         for target in static["targets"]
     ]
-    assert ("/metrics", f"api:{api_environment()['METRICS_PORT']}") in scrapes
+
+
+def test_prometheus_scrapes_the_api_metrics_port() -> None:
+    assert ("/metrics", f"api:{api_environment()['METRICS_PORT']}") in scrape_targets()
+
+
+def test_the_worker_service_alone_runs_workers() -> None:
+    """The api serves without a worker of its own (`run` would start one beside it), so the
+    payments are settled by the worker service alone, built from the same image."""
+    services = compose()["services"]
+    assert services["api"]["command"] == ["python", "-m", "payments", "serve"]
+    worker = services["worker"]
+    assert worker["command"] == ["python", "-m", "payments", "worker"]
+    assert worker["build"] == services["api"]["build"]
+    assert not worker.get("ports"), "the worker publishes a port"
+    depends = worker["depends_on"]
+    assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+    assert depends["api"]["condition"] == "service_healthy"  # the api has migrated
+
+
+def test_the_worker_runs_in_production_with_the_apis_servers_and_secret() -> None:
+    environment = environment_of("worker")
+    assert environment["ENV"] == "production"
+    assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]+\}", environment["JWT_SECRET"])
+    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENV"):
+        assert environment[name] == api_environment()[name], name
+
+
+def test_prometheus_scrapes_the_worker_metrics_port() -> None:
+    """The worker's metrics listener is reachable from Prometheus: on every interface of its
+    container, on the port Prometheus scrapes."""
+    environment = {**environment_of("worker"), "JWT_SECRET": "x" * 48}
+    settings = Settings.from_environ(environment, dotenv=None)
+    assert settings.metrics_port is not None
+    assert settings.host == "0.0.0.0"
+    assert ("/metrics", f"worker:{settings.metrics_port}") in scrape_targets()
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
