@@ -23,6 +23,9 @@ from tests.population import FundedUser
 from tests.procfs import process_tree
 
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "20000"))
+# Loops per worker process (WORKER_CONCURRENCY): 1 shows how a second process adds to the first
+# while the database has room; the default, 4, saturates two cores with one process.
+LOOPS = os.environ.get("BENCH_WORKER_CONCURRENCY", "4")
 DRAIN_TIMEOUT_S = 300.0
 
 
@@ -104,7 +107,8 @@ async def drain_seconds(
     and the seconds it took."""
     conn = await asyncpg.connect(database_url)
     extra = [start_worker(database_url, redis_url, data_dir, PAYMENT_LEASE="30s",
-                          WORKER_POLL_INTERVAL="1s") for _ in range(extra_workers)]  # fmt: skip
+                          WORKER_POLL_INTERVAL="1s", WORKER_CONCURRENCY=LOOPS)
+             for _ in range(extra_workers)]  # fmt: skip
     try:
         await asyncio.sleep(1.5)  # the extra workers are up and idle
         await drained(conn)

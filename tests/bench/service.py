@@ -4,7 +4,8 @@ Starts embedded PostgreSQL and Redis in `.data/bench`, opens 1,000 funded accoun
 then starts the service as `make run` does (`python -m payments run`) with rate limits raised out
 of the way, and drives each scenario with BENCH_CLIENTS keep-alive clients (32) for BENCH_SECONDS
 (15) after a short warm-up. Prints one table, and writes `bench-results/bench.json` and
-`bench-results/bench.png`. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those.
+`bench-results/bench.png`. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those; BENCH_BACKLOG and
+BENCH_WORKER_CONCURRENCY size the payment-settle scenario.
 
 raw-sql is the service's own transfer statement sent with asyncpg from here, no HTTP: the floor
 the transfer scenario is measured against. After the money scenarios the books are checked."""
@@ -366,7 +367,7 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
                                              opening_minor=OPENING_MINOR)  # fmt: skip
         with server(settings, data_dir, workers=workers, command="run", RATE_LIMIT_GLOBAL=RAISED,
                     RATE_LIMIT_AUTH=RAISED, RATE_LIMIT_TRANSFER=RAISED, RATE_LIMIT_LOGIN=RAISED,
-                    LOG_LEVEL="info") as (base_url, process):  # fmt: skip
+                    LOG_LEVEL="info", WORKER_CONCURRENCY=payments.LOOPS) as (base_url, process):  # fmt: skip
             print(f"bench: {workers} API processes on {base_url} (pid {process.pid}); {clients} "
                   f"clients, {seconds:.0f} s a scenario after {WARMUP_S:.0f} s of warm-up",
                   file=sys.stderr)  # fmt: skip
