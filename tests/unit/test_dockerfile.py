@@ -120,3 +120,15 @@ def test_every_file_the_package_reads_is_copied_where_it_looks() -> None:
     # Paths in the code are relative to the package's folder, so the image keeps the layout.
     missing = {str(path) for path in needed if lands(copies, path) != workdir / path}
     assert not missing, f"the Dockerfile does not copy these where the app reads them: {missing}"
+
+
+def test_the_build_context_leaves_out_nothing_the_app_reads() -> None:
+    """.dockerignore keeps the virtualenv and the data folder out of the build context; none of
+    its patterns may match a file the app reads."""
+    patterns = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]  # fmt: skip
+    assert ".venv" in patterns
+    assert ".data" in patterns
+    for path in paths_the_package_reads():
+        for prefix in (path, *path.parents):
+            assert not any(prefix.match(pattern) for pattern in patterns), (path, patterns)
