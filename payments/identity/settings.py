@@ -30,8 +30,11 @@ class IdentitySettings(Section):
     password_hash_threads: int = 1  # hashing runs in its own pool, off the event loop
     password_hash_queue_max: int = 32  # a login flood waits in a bounded queue, then gets 503
     # One client address may hold this many places in that queue, so that a flood from one
-    # address cannot take every place from the real logins of others.
-    password_hash_per_client_max: int = 4
+    # address cannot take every place from the real logins of others (raise it where many
+    # people sign in from behind one address).
+    password_hash_per_client_max: Annotated[
+        int, Env("SIGN_IN_CONCURRENCY_PER_ADDRESS"), Field(ge=1)
+    ] = 4
     password_hash_nice: int = 19  # hashing threads yield the CPU to requests (Linux niceness)
 
     api_keys_active_max: int = 20  # unrevoked API keys a user may hold (409 api_key_limit)

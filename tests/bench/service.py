@@ -367,7 +367,8 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
                                              opening_minor=OPENING_MINOR)  # fmt: skip
         with server(settings, data_dir, workers=workers, command="run", RATE_LIMIT_GLOBAL=RAISED,
                     RATE_LIMIT_AUTH=RAISED, RATE_LIMIT_TRANSFER=RAISED, RATE_LIMIT_LOGIN=RAISED,
-                    LOG_LEVEL="info", WORKER_CONCURRENCY=payments.LOOPS) as (base_url, process):  # fmt: skip
+                    LOG_LEVEL="info", WORKER_CONCURRENCY=payments.LOOPS,
+                    SIGN_IN_CONCURRENCY_PER_ADDRESS=str(clients)) as (base_url, process):  # fmt: skip
             print(f"bench: {workers} API processes on {base_url} (pid {process.pid}); {clients} "
                   f"clients, {seconds:.0f} s a scenario after {WARMUP_S:.0f} s of warm-up",
                   file=sys.stderr)  # fmt: skip
