@@ -114,7 +114,7 @@ def test_bad_edge_settings_name_the_variable(tmp_path: Path, variable: str, text
      ("MAX_TRANSFER_AMOUNT", "1e6"), ("LOG_LEVEL", "loud"), ("WORKERS", "0"), ("PORT", "70000"),
      ("DATABASE_URL", "mysql://x"), ("REDIS_URL", "http://x"), ("METRICS_PORT", "8000"),
      ("FORWARDED_ALLOW_IPS", "*"), ("KEEP_ALIVE_TIMEOUT", "soon"), ("ENV", "staging"),
-     ("SIGN_IN_CONCURRENCY_PER_ADDRESS", "0"), ("PAYMENT_LEASE", "0s"), ("WORKER_CONCURRENCY", "0")],
+     ("SIGN_IN_CONCURRENCY_PER_ADDRESS", "0"), ("PAYMENT_LEASE", "0m"), ("WORKER_CONCURRENCY", "0")],
 )  # fmt: skip
 def test_every_invalid_value_stops_start_up_naming_its_variable(
     tmp_path: Path, variable: str, value: str
