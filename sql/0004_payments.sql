@@ -71,10 +71,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
     v_target record;
-    v_source_id bigint;
+    v_source record;
     v_currency text;
     v_amount_minor bigint;
-    v_payment_id bigint;
+    v_payment record;
 BEGIN
     SELECT * INTO v_claim FROM claim_idempotency_key_v1(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
     SELECT v_claim.status, v_claim.body, v_claim.replayed, v_claim.stored, '{}'
@@ -100,23 +100,23 @@ BEGIN
             RETURN;
         END IF;
         IF p_from_number IS NOT NULL THEN
-            SELECT a.id INTO v_source_id FROM account a
+            SELECT a.id, a.account_number INTO v_source FROM account a
              WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
-            IF v_source_id IS NULL THEN
+            IF v_source.id IS NULL THEN
                 SELECT b.status, b.body INTO status, body
                   FROM business_problem('unknown_account', 'no such source account of yours') b;
             END IF;
         ELSE
-            SELECT a.id INTO v_source_id FROM account a
+            SELECT a.id, a.account_number INTO v_source FROM account a
              WHERE a.user_id = p_user_id AND a.currency = v_currency;
-            IF v_source_id IS NULL THEN
+            IF v_source.id IS NULL THEN
                 SELECT b.status, b.body INTO status, body
                   FROM business_problem('currency_mismatch',
                                         format('you hold no %s account', v_currency)) b;
             END IF;
         END IF;
     END IF;
-    IF status IS NULL AND v_source_id = v_target.id THEN
+    IF status IS NULL AND v_source.id = v_target.id THEN
         SELECT b.status, b.body INTO status, body FROM business_problem(
             'self_transfer', 'the source and the recipient are the same account') b;
     END IF;
@@ -128,17 +128,28 @@ BEGIN
     IF status IS NULL THEN
         INSERT INTO payment (user_id, source_account_id, target_account_id, amount_minor, currency,
                              description, idempotency_key_id)
-        VALUES (p_user_id, v_source_id, v_target.id, v_amount_minor, v_currency, p_description,
+        VALUES (p_user_id, v_source.id, v_target.id, v_amount_minor, v_currency, p_description,
                 v_claim.key_id)
-        RETURNING id INTO v_payment_id;
+        RETURNING id, created_at INTO v_payment;
         status := 202;
-        SELECT o.body::text INTO body FROM payment_out o WHERE o.id = v_payment_id;
+        -- The body as payment_out renders it, from what is at hand (no second read of the row).
+        body := (SELECT row_to_json(r)::text
+                   FROM (SELECT v_payment.id AS id, 'PENDING' AS status,
+                                v_source.account_number AS from_account_number,
+                                p_to_number AS to_account_number,
+                                money_text(v_amount_minor, (SELECT c.exponent FROM currency c
+                                                            WHERE c.code = v_currency)) AS amount,
+                                v_currency AS currency, p_description AS description,
+                                NULL::text AS failure_reason, NULL::bigint AS transaction_id,
+                                '/api/v1/payments/' || v_payment.id AS poll_url,
+                                utc_text(v_payment.created_at) AS created_at,
+                                utc_text(v_payment.created_at) AS updated_at) r);
         -- Wake the workers, unless an older payment is still waiting: then they are busy, and
         -- a busy loop claims again until it finds nothing. NOTIFY serialises the commits of the
         -- transactions that send it, so under load it is sent rarely; the workers' poll covers
         -- the moment a loop found nothing just before this commit.
         IF NOT EXISTS (SELECT 1 FROM payment q
-                        WHERE q.status = 'PENDING' AND q.id < v_payment_id) THEN
+                        WHERE q.status = 'PENDING' AND q.id < v_payment.id) THEN
             PERFORM pg_notify('payment_due', '');
         END IF;
     END IF;

@@ -71,6 +71,9 @@ async def test_a_payment_is_accepted_at_once_and_settled_by_the_worker(
     assert (body["status"], body["amount"], body["currency"]) == ("PENDING", "25.00", "USD")
     assert (body["transaction_id"], body["failure_reason"]) == (None, None)
     assert await balance_minor(db, bob.account_number) == 100000  # nothing moves at acceptance
+    # The 202's body is rendered without reading the row again: the same bytes as a read of it.
+    pending = await client.get(body["poll_url"], headers=alice.auth)
+    assert pending.content == accepted.content
     replay = await pay(client, alice, bob.account_number, "25.00", key="p1", description="rent")
     assert (replay.status_code, replay.headers["idempotent-replayed"]) == (202, "true")
     assert replay.headers["location"] == accepted.headers["location"]
