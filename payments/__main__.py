@@ -147,7 +147,8 @@ def run_command(command: str, settings: Settings, admin_email: str | None) -> in
             from payments.worker import run_worker
 
             with metrics_listener(settings):
-                asyncio.run(run_worker(settings))
+                if not asyncio.run(run_worker(settings)):
+                    return 1  # a loop broke: a supervisor starts a sound worker
     return 0
 
 

@@ -166,7 +166,11 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(sweep_forever(found.pool, settings.idempotency_sweep_interval_s)),
             asyncio.create_task(check_ledger_forever(found.pool, settings.ledger_check_interval_s)),
             asyncio.create_task(sample_pool_forever(found.pool, POOL_SAMPLE_INTERVAL_S)),
-            asyncio.create_task(sample_payment_queue_forever(found.pool, POOL_SAMPLE_INTERVAL_S)),
+            asyncio.create_task(
+                sample_payment_queue_forever(
+                    found.pool, POOL_SAMPLE_INTERVAL_S, found.payment_queue
+                )
+            ),
             asyncio.create_task(flush_logs_forever()),
         ]
         # What start-up made lives as long as the process: the collector need not walk it again.

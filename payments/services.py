@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -31,6 +31,8 @@ class Services:
     redis_link: RedisLink = field(init=False)  # the request path's two round trips
     admitter: Admitter = field(init=False)
     cursor_key: bytes = field(init=False)  # signs page cursors (service_key in the database)
+    # The payments queue as last sampled (platform/housekeeping.py), for /ready.
+    payment_queue: dict[str, Any] = field(default_factory=dict)
     api_keys: ApiKeyCache = field(init=False)  # the owners of the API keys this process has seen
 
     def __post_init__(self) -> None:

@@ -50,51 +50,61 @@ class Worker:
         self.stopping = asyncio.Event()
         self.due = {job.channel: asyncio.Event() for job in jobs}
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Run the loops until asked to stop; False when one broke (the process should end with
+        an error, so that its supervisor starts a sound one)."""
         log.info("worker_started", worker=self.id, jobs=[job.name for job in self.jobs],
                  concurrency=self.settings.worker_concurrency)  # fmt: skip
         loops = [
-            asyncio.create_task(self.loop(job))
+            asyncio.create_task(self.loop(job, f"{self.id}:{job.name}:{index}"))
             for job in self.jobs
-            for _ in range(self.settings.worker_concurrency)
+            for index in range(self.settings.worker_concurrency)
         ]
         listener = asyncio.create_task(self.listen())
-        await self.stopping.wait()
+        stopping = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([*loops, listener, stopping],
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        failed = [task for task in done if task is not stopping and not self.stopping.is_set()]
+        for task in failed:  # a loop may end only when asked to: this one broke
+            log.error("worker_loop_failed", worker=self.id, error=repr(task.exception()))
+        self.stopping.set()
         _, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_S)
         for task in [*pending, listener]:
             task.cancel()
-        await asyncio.gather(*pending, listener, return_exceptions=True)
+        await asyncio.gather(*pending, listener, stopping, return_exceptions=True)
         log.info("worker_stopped", worker=self.id)
+        return not failed
 
-    async def loop(self, job: Job) -> None:
-        """Claim, settle, repeat; wait for a notification (or the poll interval) when idle."""
+    async def loop(self, job: Job, owner: str) -> None:
+        """Claim, settle, repeat; wait for a notification (or the poll interval) when idle. Each
+        loop holds its claims under a lease owner of its own."""
         due = self.due[job.channel]
         while not self.stopping.is_set():
+            due.clear()  # before the claim: a notification during it is not lost
             try:
-                ids = await job.claim(self.pool, self.id)
+                ids = await job.claim(self.pool, owner)
             except DB_ERRORS as error:
                 log.warning("worker_claim_failed", job=job.name, error=type(error).__name__)
                 await self.pause(RECONNECT_PAUSE_S)
                 continue
             if not ids:
-                due.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(due.wait(), self.settings.worker_poll_interval_s)
                 continue
             try:
-                if not await self.settle(job, ids):
+                if not await self.settle(job, owner, ids):
                     await self.pause(BUSY_PAUSE_S)
             except asyncio.CancelledError:  # past the shutdown grace: give the batch back
                 with contextlib.suppress(*DB_ERRORS):
-                    await asyncio.shield(job.release(self.pool, self.id, ids))
+                    await asyncio.shield(job.release(self.pool, owner, ids))
                 raise
 
-    async def settle(self, job: Job, ids: list[int]) -> bool:
+    async def settle(self, job: Job, owner: str, ids: list[int]) -> bool:
         """Settle what this loop claimed; True when anything was. While the database is away
         the same batch is tried again (it is still ours until its lease runs out)."""
         while True:
             try:
-                return await job.settle(self.pool, self.id, ids)
+                return await job.settle(self.pool, owner, ids)
             except UNREACHABLE as error:
                 log.warning("worker_settle_failed", job=job.name, error=type(error).__name__)
                 if self.stopping.is_set():
@@ -119,6 +129,8 @@ class Worker:
                     await connection.add_listener(channel, lambda *_, e=event: e.set())
                 while not self.stopping.is_set() and not connection.is_closed():
                     await self.pause(1.0)
+            except (*DB_ERRORS, OSError) as error:  # the server went away: listen again
+                log.warning("worker_listen_failed", error=type(error).__name__)
             finally:
                 with contextlib.suppress(*DB_ERRORS, OSError):
                     await connection.close(timeout=1)
@@ -128,9 +140,9 @@ class Worker:
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
 
-async def run_worker(settings: Settings) -> None:
-    """The worker process: its pool (one connection per loop, and the listener's own), its jobs,
-    until SIGTERM or SIGINT."""
+async def run_worker(settings: Settings) -> bool:
+    """The worker process: its pool (one connection per loop, and one to spare; the listener
+    has a connection of its own), its jobs, until SIGTERM or SIGINT."""
     concurrency = settings.worker_concurrency
     pool = await create_pool(settings, str(settings.database_url),
                              application_name=WORKER_APPLICATION_NAME, size_max=concurrency + 1)  # fmt: skip
@@ -140,7 +152,7 @@ async def run_worker(settings: Settings) -> None:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, worker.stopping.set)
     try:
-        await worker.run()
+        return await worker.run()
     finally:
         await redis.aclose()
         await pool.close()

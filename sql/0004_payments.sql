@@ -100,14 +100,14 @@ BEGIN
             RETURN;
         END IF;
         IF p_from_number IS NOT NULL THEN
-            SELECT a.id, a.account_number INTO v_source FROM account a
+            SELECT a.id, a.account_number, a.currency INTO v_source FROM account a
              WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
             IF v_source.id IS NULL THEN
                 SELECT b.status, b.body INTO status, body
                   FROM business_problem('unknown_account', 'no such source account of yours') b;
             END IF;
         ELSE
-            SELECT a.id, a.account_number INTO v_source FROM account a
+            SELECT a.id, a.account_number, a.currency INTO v_source FROM account a
              WHERE a.user_id = p_user_id AND a.currency = v_currency;
             IF v_source.id IS NULL THEN
                 SELECT b.status, b.body INTO status, body
@@ -123,6 +123,10 @@ BEGIN
     IF status IS NULL AND v_currency <> v_target.currency THEN
         SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
             format('the recipient account holds %s, not %s', v_target.currency, v_currency)) b;
+    END IF;
+    IF status IS NULL AND v_source.currency <> v_currency THEN
+        SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
+            format('the source account holds %s, not %s', v_source.currency, v_currency)) b;
     END IF;
 
     IF status IS NULL THEN
@@ -181,7 +185,8 @@ BEGIN
            attempts = p.attempts + 1, updated_at = now()
      WHERE p.id IN (SELECT q.id FROM payment q
                      WHERE q.status = 'PENDING'
-                        OR (q.status = 'PROCESSING' AND q.lease_until < now())
+                        OR (q.status = 'PROCESSING' AND q.lease_until < now()
+                            AND q.attempts < p_attempts_max)
                      ORDER BY q.id LIMIT p_limit FOR NO KEY UPDATE SKIP LOCKED)
     RETURNING p.id, true;
 END $$;

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from payments.http.body import RequestModel, validate_body
-from payments.http.errors import API_KEY_LIMIT, NOT_FOUND, ApiError
-from payments.http.pagination import decode_cursor, encode_cursor, page_limit
+from payments.http.errors import API_KEY_LIMIT, NOT_FOUND, UNAVAILABLE, ApiError
+from payments.http.pagination import keyset_page
 from payments.http.rate_limit import client_address
 from payments.http.responses import body_of, json_response, path_id, principal_of
 from payments.http.state import state_of
@@ -20,8 +20,6 @@ from payments.identity.api_key_cache import api_key_family_id, new_api_key
 from payments.platform import db
 from payments.platform.db import Q
 from payments.services import services
-
-NO_CURSOR = 2**63 - 1  # ids are below this: the first page starts here
 
 
 class ApiKeyIn(RequestModel):
@@ -52,18 +50,10 @@ async def create_api_key(request: Request) -> Response:
 async def list_api_keys(request: Request) -> Response:
     """The caller's keys, active and revoked, newest first, a keyset page at a time."""
     found = services(request)
-    settings = found.settings
-    limit = page_limit(
-        request.query_params.get("limit"), settings.page_size_default, settings.page_size_max
-    )
-    cursor = request.query_params.get("cursor")
-    before_id = decode_cursor(cursor, found.cursor_key) if cursor is not None else NO_CURSOR
-    rows = await found.pool.fetch(
-        Q.api_keys_of_user, principal_of(request).user_id, before_id, limit + 1
-    )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["id"], found.cursor_key) if len(rows) > limit else None
-    return json_response(200, {"data": [dict(row) for row in page], "next_cursor": next_cursor})
+    user_id = principal_of(request).user_id
+    return await keyset_page(request, lambda before_id, limit: found.pool.fetch(
+        Q.api_keys_of_user, user_id, before_id, limit
+    ))  # fmt: skip
 
 
 async def revoke_api_key(request: Request) -> Response:
@@ -80,6 +70,10 @@ async def revoke_api_key(request: Request) -> Response:
     )  # fmt: skip
     if revoked is None:
         raise ApiError(NOT_FOUND, "no such API key")
-    await sessions.deny(found, user_id=principal.user_id, family_id=api_key_family_id(api_key_id),
-                        ttl_s=sessions.key_revocation_ttl_s(found))  # fmt: skip
+    denied = await sessions.deny(found, user_id=principal.user_id,
+                                 family_id=api_key_family_id(api_key_id),
+                                 ttl_s=sessions.key_revocation_ttl_s(found))  # fmt: skip
+    if not denied:  # revoked in PostgreSQL, but a process may still trust its memory of the key
+        raise ApiError(UNAVAILABLE, "the key is revoked but not yet everywhere: send this again",
+                       headers={"Retry-After": "1"})  # fmt: skip
     return Response(status_code=204)

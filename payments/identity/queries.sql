@@ -64,8 +64,11 @@ SELECT id, created_at FROM create_api_key_v1($1, $2, $3, $4, $5, $6, $7);
 
 -- name: api_keys_of_user
 -- Newest first, keyset on id; active and revoked alike. Never the key: only its hash is kept.
-SELECT k.id, k.name, k.prefix, utc_text(k.created_at) AS created_at,
-       utc_text(k.last_used_at) AS last_used_at, utc_text(k.revoked_at) AS revoked_at
+SELECT k.id,
+       (SELECT row_to_json(r)::text
+          FROM (SELECT k.id, k.name, k.prefix, utc_text(k.created_at) AS created_at,
+                       utc_text(k.last_used_at) AS last_used_at,
+                       utc_text(k.revoked_at) AS revoked_at) r) AS body
   FROM api_key k
  WHERE k.user_id = $1 AND k.id < $2
  ORDER BY k.id DESC

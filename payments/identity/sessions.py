@@ -3,7 +3,6 @@ detection, revoking, and checking an access token or an API key against the revo
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from typing import Any
 
@@ -107,9 +106,11 @@ def key_revocation_ttl_s(services: Services) -> int:
 async def deny(
     services: Services, *, user_id: int, family_id: str, token_id: str | None = None,
     ttl_s: int | None = None,
-) -> None:  # fmt: skip
+) -> bool:  # fmt: skip
     """Copy a revocation that PostgreSQL already holds into Redis, where every request looks. The
-    marker lives ttl_s seconds, by default as long as an access token."""
+    marker lives ttl_s seconds, by default as long as an access token. False when Redis could
+    neither take the marker nor forget that it knew every revocation of this user: then a
+    process may still trust what it remembers."""
     ttl_s = revocation_ttl_s(services) if ttl_s is None else ttl_s
     try:
         async with services.redis.pipeline(transaction=True) as pipe:
@@ -120,13 +121,18 @@ async def deny(
     except REDIS_ERRORS:
         # PostgreSQL holds the revocation; Redis will copy it back before it is trusted again.
         log.warning("redis_unavailable", layer="sessions")
-        await forget_denylist(services, user_id)
+        return await forget_denylist(services, user_id)
+    return True
 
 
-async def forget_denylist(services: Services, user_id: int) -> None:
-    """Redis missed a revocation: until it is restored, PostgreSQL answers for this user."""
-    with contextlib.suppress(*REDIS_ERRORS):
+async def forget_denylist(services: Services, user_id: int) -> bool:
+    """Redis missed a revocation: until it is restored, PostgreSQL answers for this user. False
+    when Redis could not be told either."""
+    try:
         await services.redis.delete(redis_keys.denylist_ready(user_id))
+    except REDIS_ERRORS:
+        return False
+    return True
 
 
 async def revoked_in_database(services: Services, principal: Principal) -> bool:

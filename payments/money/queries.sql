@@ -34,16 +34,17 @@ SELECT o.body::text
  WHERE a.account_number = $1 AND o.user_id = $2;
 
 -- name: transfers_of_user
--- Newest first, keyset on id; both directions, through the two (account, id) indexes.
+-- Newest first, keyset on id; both directions, through the two (account, id) indexes, each
+-- read no further than one page.
 SELECT t.id, t.body::text
   FROM transfer_out t
- WHERE t.id IN (SELECT x.id FROM transfer x
-                  JOIN account a ON a.id = x.source_account_id
-                 WHERE a.user_id = $1 AND x.id < $2
+ WHERE t.id IN ((SELECT x.id FROM transfer x
+                   JOIN account a ON a.id = x.source_account_id
+                  WHERE a.user_id = $1 AND x.id < $2 ORDER BY x.id DESC LIMIT $3)
                  UNION ALL
-                SELECT x.id FROM transfer x
-                  JOIN account a ON a.id = x.target_account_id
-                 WHERE a.user_id = $1 AND x.id < $2)
+                (SELECT x.id FROM transfer x
+                   JOIN account a ON a.id = x.target_account_id
+                  WHERE a.user_id = $1 AND x.id < $2 ORDER BY x.id DESC LIMIT $3))
  ORDER BY t.id DESC
  LIMIT $3;
 
@@ -67,3 +68,4 @@ SELECT 'account', a.account_number,
  GROUP BY a.id
 HAVING a.balance_minor <> coalesce(sum(CASE e.direction WHEN 'credit' THEN e.amount_minor
                                                         ELSE -e.amount_minor END), 0);
+

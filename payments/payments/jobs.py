@@ -52,9 +52,11 @@ class PaymentsJob:
             raise
         except (*RETRYABLE, asyncpg.PostgresError) as error:
             if len(ids) == 1:
-                log.error("payment_not_settled", payment_id=ids[0], error=type(error).__name__)
+                log.error("payment_not_settled", payment_id=ids[0], error=type(error).__name__,
+                          sqlstate=getattr(error, "sqlstate", None))  # fmt: skip
                 return False
-            log.warning("payment_batch_failed", size=len(ids), error=type(error).__name__)
+            log.warning("payment_batch_failed", size=len(ids), error=type(error).__name__,
+                        sqlstate=getattr(error, "sqlstate", None))  # fmt: skip
             settled = [await self.settle(pool, worker, [payment_id]) for payment_id in ids]
             return any(settled)
 

@@ -12,12 +12,13 @@ SELECT p.body::text FROM payment_out p
 -- Newest first, keyset on id, payer's and payee's, optionally of one status.
 SELECT p.id, p.body::text
   FROM payment_out p
- WHERE p.id IN (SELECT x.id FROM payment x JOIN account a ON a.id = x.source_account_id
-                 WHERE a.user_id = $1 AND x.id < $2
+ WHERE p.id IN ((SELECT x.id FROM payment x JOIN account a ON a.id = x.source_account_id
+                  WHERE a.user_id = $1 AND x.id < $2 AND ($3::text IS NULL OR x.status = $3)
+                  ORDER BY x.id DESC LIMIT $4)
                  UNION ALL
-                SELECT x.id FROM payment x JOIN account a ON a.id = x.target_account_id
-                 WHERE a.user_id = $1 AND x.id < $2)
-   AND ($3::text IS NULL OR p.status = $3)
+                (SELECT x.id FROM payment x JOIN account a ON a.id = x.target_account_id
+                  WHERE a.user_id = $1 AND x.id < $2 AND ($3::text IS NULL OR x.status = $3)
+                  ORDER BY x.id DESC LIMIT $4))
  ORDER BY p.id DESC
  LIMIT $4;
 

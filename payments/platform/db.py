@@ -125,7 +125,10 @@ UNREACHABLE = (
 
 
 # Anything the database can answer with, or fail by: the housekeeping tasks log it and go on.
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DB_ERRORS = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection caught between a FATAL and its close (UNREACHABLE)
+)  # fmt: skip
 
 
 async def run(settings: Settings, operation: Callable[[], Awaitable[T]]) -> T:

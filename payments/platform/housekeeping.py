@@ -4,6 +4,7 @@ ledger is checked, and the pool's use is sampled for /metrics."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import structlog
@@ -71,18 +72,25 @@ async def sample_pool_forever(pool: asyncpg.Pool, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def sample_payment_queue_forever(pool: asyncpg.Pool, interval_s: float) -> None:
-    """Payments waiting and in hand, and the oldest one's wait, for the payments_payment_* gauges
+async def sample_payment_queue(pool: asyncpg.Pool, latest: dict[str, Any]) -> None:
+    """Payments waiting and in hand, the oldest one's wait and the workers' connections, into
+    `latest` (what /ready reports, so that it costs no query) and the payments_payment_* gauges
     (every API process samples the same queue; the gauges show the most recent sample of a live
     process)."""
+    row = await pool.fetchrow(Q.payment_queue)
+    assert row is not None
+    latest.update(dict(row))
+    metrics.PAYMENT_QUEUE.labels(state="pending").set(row["pending"])
+    metrics.PAYMENT_QUEUE.labels(state="processing").set(row["processing"])
+    metrics.PAYMENT_OLDEST_PENDING_AGE.set(row["oldest_pending_age_s"])
+
+
+async def sample_payment_queue_forever(
+    pool: asyncpg.Pool, interval_s: float, latest: dict[str, Any]
+) -> None:
     while True:
         try:
-            row = await pool.fetchrow(Q.payment_queue)
+            await sample_payment_queue(pool, latest)
         except DB_ERRORS as error:
             log.warning("payment_queue_sample_failed", error=type(error).__name__)
-        else:
-            assert row is not None
-            metrics.PAYMENT_QUEUE.labels(state="pending").set(row["pending"])
-            metrics.PAYMENT_QUEUE.labels(state="processing").set(row["processing"])
-            metrics.PAYMENT_OLDEST_PENDING_AGE.set(row["oldest_pending_age_s"])
         await asyncio.sleep(interval_s)

@@ -74,7 +74,10 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> Non
     if log_format is None:
         log_format = "console" if sys.stdout.isatty() else "json"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if log_format == "console"
+        # A traceback's local variables would show a request's credentials: never printed.
+        structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        ) if log_format == "console"
         else structlog.processors.JSONRenderer()
     )  # fmt: skip
     structlog.configure(

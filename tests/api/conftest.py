@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from payments.app import create_app
+from payments.platform.housekeeping import sample_payment_queue
 from payments.settings import Settings
 from tests.api.users import User, new_user
 from tests.books import assert_books_balance, reset_books
@@ -70,3 +71,9 @@ async def serving(
         transport = httpx.ASGITransport(app=application, client=(client_address, 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
+
+
+async def sample_queue(app: Starlette) -> None:
+    """Take the payments-queue sample that /ready reports now, not at the next interval."""
+    found = app.state.services
+    await sample_payment_queue(found.pool, found.payment_queue)

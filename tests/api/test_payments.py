@@ -11,11 +11,13 @@ import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from payments.payments.jobs import PaymentsJob
 from payments.platform.db import Q
 from payments.settings import Settings
 from payments.worker import Worker
+from tests.api.conftest import sample_queue
 from tests.api.users import User, new_user
 from tests.books import balance_minor
 
@@ -226,9 +228,10 @@ async def test_payments_are_the_parties_own(
 
 async def test_ready_reports_the_queue_and_whether_a_worker_is_connected(
     client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings,
-    redis: Redis,
+    redis: Redis, app: Starlette,
 ) -> None:  # fmt: skip
     await pay(client, alice, bob.account_number, "1.00")
+    await sample_queue(app)
     alone = (await client.get("/api/v1/ready")).json()
     assert alone["components"] == {"postgres": "ok", "redis": "ok", "worker": "absent"}
     assert (alone["payments"]["pending"], alone["payments"]["processing"]) == (1, 0)
@@ -236,6 +239,7 @@ async def test_ready_reports_the_queue_and_whether_a_worker_is_connected(
     async with running_worker(settings, db, redis):
         await settled(db, 1)
         await asyncio.sleep(0.2)  # the listener's connection is up
+        await sample_queue(app)
         beside = await client.get("/api/v1/ready")
     assert beside.status_code == 200
     assert beside.json()["components"]["worker"] == "ok"
@@ -268,3 +272,53 @@ async def test_the_payee_may_reverse_a_settled_payment(
                                   headers={**bob.auth, "Idempotency-Key": "undo"})  # fmt: skip
     assert (reversed_.status_code, reversed_.json()["reverses"]) == (201, transaction_id)
     assert await balance_minor(db, alice.account_number) == 100000
+
+
+async def test_a_worker_whose_loop_breaks_stops_rather_than_idle_for_ever(
+    db: asyncpg.Pool, settings: Settings, redis: Redis
+) -> None:
+    """A loop may end only when asked to. One that broke (here: an error no handler expects)
+    stops the whole worker, with an error, so that its supervisor starts a sound one."""
+
+    class BrokenJob(PaymentsJob):
+        async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]:
+            raise RuntimeError("a bug")
+
+    worker = Worker(settings, db, [BrokenJob(settings, redis)])
+    assert await asyncio.wait_for(worker.run(), 15) is False
+
+
+async def test_a_loop_survives_a_connection_caught_closing(
+    db: asyncpg.Pool, settings: Settings, redis: Redis
+) -> None:
+    """asyncpg's InternalClientError (a connection between PostgreSQL's FATAL and its close) is
+    a database error like the others: the loop pauses and claims again."""
+    calls = 0
+
+    class FlakyJob(PaymentsJob):
+        async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise asyncpg.InternalClientError("cannot switch to state 12")
+            return await super().claim(pool, worker)
+
+    tuned = settings.model_copy(update={"worker_concurrency": 1, "worker_poll_interval_s": 0.05})
+    worker = Worker(tuned, db, [FlakyJob(tuned, redis)])
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(1.0)
+    worker.stopping.set()
+    await task
+    assert calls > 3
+
+
+async def test_a_payment_from_an_account_of_another_currency_is_a_mismatch(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
+    """Named by from_account_number, the payer's EUR account cannot pay a USD account: 422, as
+    for a transfer (it was a 500 from the composite key)."""
+    euros = await client.post("/api/v1/accounts", json={"currency": "EUR"}, headers=alice.auth)
+    response = await pay(client, alice, bob.account_number, "1.00",
+                         from_account_number=euros.json()["account_number"])  # fmt: skip
+    assert (response.status_code, response.json()["code"]) == (422, "currency_mismatch")
+    assert await db.fetchval("SELECT count(*) FROM payment") == 0

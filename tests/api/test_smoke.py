@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import httpx
+from starlette.applications import Starlette
 
+from tests.api.conftest import sample_queue
 from tests.api.users import User, send
 
 
@@ -17,7 +19,8 @@ async def test_a_transfer_moves_money(client: httpx.AsyncClient, alice: User, bo
     assert response.json()["amount"] == "12.34"
 
 
-async def test_ready_names_its_components(client: httpx.AsyncClient) -> None:
+async def test_ready_names_its_components(client: httpx.AsyncClient, app: Starlette) -> None:
+    await sample_queue(app)
     response = await client.get("/api/v1/ready")
     assert response.status_code == 200
     assert response.json() == {
