@@ -116,17 +116,19 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    IF status IS NULL AND v_source.id = v_target.id THEN
-        SELECT b.status, b.body INTO status, body FROM business_problem(
-            'self_transfer', 'the source and the recipient are the same account') b;
-    END IF;
-    IF status IS NULL AND v_currency <> v_target.currency THEN
-        SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
-            format('the recipient account holds %s, not %s', v_target.currency, v_currency)) b;
-    END IF;
-    IF status IS NULL AND v_source.currency <> v_currency THEN
-        SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
-            format('the source account holds %s, not %s', v_source.currency, v_currency)) b;
+    -- Only once both accounts were found (v_source is not even assigned when the recipient
+    -- was unknown, and an AND is not sure to stop at its first operand).
+    IF status IS NULL THEN
+        IF v_source.id = v_target.id THEN
+            SELECT b.status, b.body INTO status, body FROM business_problem(
+                'self_transfer', 'the source and the recipient are the same account') b;
+        ELSIF v_currency <> v_target.currency THEN
+            SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
+                format('the recipient account holds %s, not %s', v_target.currency, v_currency)) b;
+        ELSIF v_source.currency <> v_currency THEN
+            SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
+                format('the source account holds %s, not %s', v_source.currency, v_currency)) b;
+        END IF;
     END IF;
 
     IF status IS NULL THEN

@@ -162,3 +162,22 @@ async def test_money_functions_called_directly(db: asyncpg.Pool) -> None:
     )
     assert [row["balance_minor"] for row in balances] == [10_000, 0]
     await reset_books(db)
+
+
+async def test_a_payment_to_an_unknown_account_on_a_fresh_connection(
+    db: asyncpg.Pool, database_url: str
+) -> None:
+    """A plpgsql function's first call on a connection runs paths its plans did not cache yet:
+    a payment to an unknown recipient is a 422 there too (it was `record "v_source" is not
+    assigned yet`, a 500)."""
+    await reset_books(db)
+    await db.fetchval(Q.register_user, "a@example.com", "A", "x" * 40, "USD", 500)
+    user_id = await db.fetchval("SELECT id FROM app_user")
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(Q.create_payment, user_id, "k", b"p" * 32, 3600, None,
+                                  "AC0000000000000000", "1.00", None, None)  # fmt: skip
+    finally:
+        await conn.close()
+    assert (row["status"], json.loads(row["body"])["code"]) == (422, "unknown_account")
+    await reset_books(db)
