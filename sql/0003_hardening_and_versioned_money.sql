@@ -241,10 +241,54 @@ LANGUAGE sql STABLE AS $$
       FROM currency c WHERE c.code = p_currency
 $$;
 
--- POST /transactions. The source is the caller's account named by p_from_number, or else the
--- caller's account in the transfer's currency (which defaults to the recipient's). p_amount is a
--- plain decimal already checked at the edge, but for its decimals when the currency was not named:
--- too many for the recipient's currency is a validation error, which is not stored with the key.
+-- Who pays whom, in what currency and how much: what a transfer and a payment both decide first.
+-- The source is the caller's account named by p_from_number, or else the caller's account in
+-- the currency, which defaults to the recipient's. p_amount is a plain decimal already checked at
+-- the edge, but for its decimals when the currency was not named: too many for it is
+-- invalid_amount, a validation error (detail says why), which the caller does not store.
+-- Otherwise a problem names what is wrong, or the source and the target are found.
+CREATE FUNCTION resolve_money_request_v1(
+    p_user_id bigint, p_from_number text, p_to_number text, p_amount text, p_currency text,
+    OUT source_id bigint, OUT source_number text, OUT source_currency text,
+    OUT target_id bigint, OUT target_currency text, OUT currency text,
+    OUT amount_minor bigint, OUT invalid_amount boolean, OUT problem text, OUT detail text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    invalid_amount := false;
+    SELECT a.id, a.currency INTO target_id, target_currency FROM account a
+     WHERE a.account_number = p_to_number AND a.kind = 'customer';
+    IF target_id IS NULL THEN
+        problem := 'unknown_account';
+        detail := 'no such recipient account';
+        RETURN;
+    END IF;
+    currency := coalesce(p_currency, target_currency);
+    amount_minor := amount_minor_v1(p_amount, currency);
+    IF amount_minor IS NULL THEN
+        invalid_amount := true;
+        detail := format('%s takes at most %s decimals', currency,
+                         (SELECT c.exponent FROM currency c WHERE c.code = currency));
+        RETURN;
+    END IF;
+    IF p_from_number IS NOT NULL THEN
+        SELECT a.id, a.account_number, a.currency INTO source_id, source_number, source_currency
+          FROM account a WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
+        IF source_id IS NULL THEN
+            problem := 'unknown_account';
+            detail := 'no such source account of yours';
+        END IF;
+    ELSE
+        SELECT a.id, a.account_number, a.currency INTO source_id, source_number, source_currency
+          FROM account a WHERE a.user_id = p_user_id AND a.currency = resolve_money_request_v1.currency;
+        IF source_id IS NULL THEN
+            problem := 'currency_mismatch';
+            detail := format('you hold no %s account', currency);
+        END IF;
+    END IF;
+END $$;
+
+-- POST /transactions: the request resolved, then move_money_v1 checks the rest (same account,
+-- currencies, funds) under the accounts' locks.
 CREATE FUNCTION transfer_funds_v1(
     p_user_id bigint, p_key text, p_fingerprint bytea, p_key_ttl_s int,
     p_from_number text, p_to_number text, p_amount text, p_currency text,
@@ -253,10 +297,7 @@ CREATE FUNCTION transfer_funds_v1(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
-    v_target record;
-    v_source_id bigint;
-    v_currency text;
-    v_amount_minor bigint;
+    v_request record;
     v_moved record;
 BEGIN
     SELECT * INTO v_claim FROM claim_idempotency_key_v1(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
@@ -266,48 +307,23 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT a.id, a.currency INTO v_target FROM account a
-     WHERE a.account_number = p_to_number AND a.kind = 'customer';
-    IF v_target.id IS NULL THEN
+    SELECT * INTO v_request
+      FROM resolve_money_request_v1(p_user_id, p_from_number, p_to_number, p_amount, p_currency);
+    IF v_request.invalid_amount THEN
+        DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
+        stored := false;
+        status := 422;
+        body := validation_problem_v1('amount', v_request.detail);
+    ELSIF v_request.problem IS NOT NULL THEN
         SELECT b.status, b.body INTO status, body
-          FROM business_problem('unknown_account', 'no such recipient account') b;
+          FROM business_problem(v_request.problem, v_request.detail) b;
+        PERFORM finish_idempotency_key(v_claim.key_id, status, body);
     ELSE
-        v_currency := coalesce(p_currency, v_target.currency);
-        v_amount_minor := amount_minor_v1(p_amount, v_currency);
-        IF v_amount_minor IS NULL THEN
-            DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
-            stored := false;
-            status := 422;
-            body := validation_problem_v1('amount', format('%s takes at most %s decimals',
-                v_currency, (SELECT c.exponent FROM currency c WHERE c.code = v_currency)));
-            RETURN;
-        END IF;
-        IF p_from_number IS NOT NULL THEN
-            SELECT a.id INTO v_source_id FROM account a
-             WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
-            IF v_source_id IS NULL THEN
-                SELECT b.status, b.body INTO status, body
-                  FROM business_problem('unknown_account', 'no such source account of yours') b;
-            END IF;
-        ELSE
-            SELECT a.id INTO v_source_id FROM account a
-             WHERE a.user_id = p_user_id AND a.currency = v_currency;
-            IF v_source_id IS NULL THEN
-                SELECT b.status, b.body INTO status, body
-                  FROM business_problem('currency_mismatch',
-                                        format('you hold no %s account', v_currency)) b;
-            END IF;
-        END IF;
-    END IF;
-
-    IF status IS NULL THEN
-        SELECT * INTO v_moved FROM move_money_v1(v_source_id, v_target.id, v_amount_minor,
-                                                  v_currency, 'transfer', p_description, NULL,
-                                                  v_claim.key_id);
+        SELECT * INTO v_moved FROM move_money_v1(v_request.source_id, v_request.target_id,
+                                                  v_request.amount_minor, v_request.currency,
+                                                  'transfer', p_description, NULL, v_claim.key_id);
         SELECT a.status, a.body, a.parties INTO status, body, parties
           FROM answer_money_v1(v_claim.key_id, v_moved.transfer_id, v_moved.problem, v_moved.detail) a;
-    ELSE
-        PERFORM finish_idempotency_key(v_claim.key_id, status, body);
     END IF;
 END $$;
 

@@ -70,10 +70,9 @@ CREATE FUNCTION create_payment_v1(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_claim record;
-    v_target record;
-    v_source record;
-    v_currency text;
-    v_amount_minor bigint;
+    v_request record;
+    v_problem text;
+    v_detail text;
     v_payment record;
 BEGIN
     SELECT * INTO v_claim FROM claim_idempotency_key_v1(p_user_id, p_key, p_fingerprint, p_key_ttl_s);
@@ -83,69 +82,50 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT a.id, a.currency INTO v_target FROM account a
-     WHERE a.account_number = p_to_number AND a.kind = 'customer';
-    IF v_target.id IS NULL THEN
-        SELECT b.status, b.body INTO status, body
-          FROM business_problem('unknown_account', 'no such recipient account') b;
-    ELSE
-        v_currency := coalesce(p_currency, v_target.currency);
-        v_amount_minor := amount_minor_v1(p_amount, v_currency);
-        IF v_amount_minor IS NULL THEN
-            DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
-            stored := false;
-            status := 422;
-            body := validation_problem_v1('amount', format('%s takes at most %s decimals',
-                v_currency, (SELECT c.exponent FROM currency c WHERE c.code = v_currency)));
-            RETURN;
-        END IF;
-        IF p_from_number IS NOT NULL THEN
-            SELECT a.id, a.account_number, a.currency INTO v_source FROM account a
-             WHERE a.account_number = p_from_number AND a.user_id = p_user_id;
-            IF v_source.id IS NULL THEN
-                SELECT b.status, b.body INTO status, body
-                  FROM business_problem('unknown_account', 'no such source account of yours') b;
-            END IF;
-        ELSE
-            SELECT a.id, a.account_number, a.currency INTO v_source FROM account a
-             WHERE a.user_id = p_user_id AND a.currency = v_currency;
-            IF v_source.id IS NULL THEN
-                SELECT b.status, b.body INTO status, body
-                  FROM business_problem('currency_mismatch',
-                                        format('you hold no %s account', v_currency)) b;
-            END IF;
-        END IF;
+    SELECT * INTO v_request
+      FROM resolve_money_request_v1(p_user_id, p_from_number, p_to_number, p_amount, p_currency);
+    IF v_request.invalid_amount THEN
+        DELETE FROM idempotency_key k WHERE k.id = v_claim.key_id;  -- refused, not run
+        stored := false;
+        status := 422;
+        body := validation_problem_v1('amount', v_request.detail);
+        RETURN;
     END IF;
-    -- Only once both accounts were found (v_source is not even assigned when the recipient
-    -- was unknown, and an AND is not sure to stop at its first operand).
-    IF status IS NULL THEN
-        IF v_source.id = v_target.id THEN
-            SELECT b.status, b.body INTO status, body FROM business_problem(
-                'self_transfer', 'the source and the recipient are the same account') b;
-        ELSIF v_currency <> v_target.currency THEN
-            SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
-                format('the recipient account holds %s, not %s', v_target.currency, v_currency)) b;
-        ELSIF v_source.currency <> v_currency THEN
-            SELECT b.status, b.body INTO status, body FROM business_problem('currency_mismatch',
-                format('the source account holds %s, not %s', v_source.currency, v_currency)) b;
-        END IF;
+    -- What move_money_v1 checks for a transfer, checked now: nothing waits for the worker
+    -- that can be refused at once.
+    v_problem := v_request.problem;
+    v_detail := v_request.detail;
+    IF v_problem IS NULL AND v_request.source_id = v_request.target_id THEN
+        v_problem := 'self_transfer';
+        v_detail := 'the source and the recipient are the same account';
+    ELSIF v_problem IS NULL AND v_request.currency <> v_request.target_currency THEN
+        v_problem := 'currency_mismatch';
+        v_detail := format('the recipient account holds %s, not %s', v_request.target_currency,
+                           v_request.currency);
+    ELSIF v_problem IS NULL AND v_request.currency <> v_request.source_currency THEN
+        v_problem := 'currency_mismatch';
+        v_detail := format('the source account holds %s, not %s', v_request.source_currency,
+                           v_request.currency);
     END IF;
 
-    IF status IS NULL THEN
+    IF v_problem IS NOT NULL THEN
+        SELECT b.status, b.body INTO status, body FROM business_problem(v_problem, v_detail) b;
+    ELSE
         INSERT INTO payment (user_id, source_account_id, target_account_id, amount_minor, currency,
                              description, idempotency_key_id)
-        VALUES (p_user_id, v_source.id, v_target.id, v_amount_minor, v_currency, p_description,
-                v_claim.key_id)
+        VALUES (p_user_id, v_request.source_id, v_request.target_id, v_request.amount_minor,
+                v_request.currency, p_description, v_claim.key_id)
         RETURNING id, created_at INTO v_payment;
         status := 202;
         -- The body as payment_out renders it, from what is at hand (no second read of the row).
         body := (SELECT row_to_json(r)::text
                    FROM (SELECT v_payment.id AS id, 'PENDING' AS status,
-                                v_source.account_number AS from_account_number,
+                                v_request.source_number AS from_account_number,
                                 p_to_number AS to_account_number,
-                                money_text(v_amount_minor, (SELECT c.exponent FROM currency c
-                                                            WHERE c.code = v_currency)) AS amount,
-                                v_currency AS currency, p_description AS description,
+                                money_text(v_request.amount_minor,
+                                           (SELECT c.exponent FROM currency c
+                                             WHERE c.code = v_request.currency)) AS amount,
+                                v_request.currency AS currency, p_description AS description,
                                 NULL::text AS failure_reason, NULL::bigint AS transaction_id,
                                 '/api/v1/payments/' || v_payment.id AS poll_url,
                                 utc_text(v_payment.created_at) AS created_at,
