@@ -43,19 +43,26 @@ def idempotency_key_of(request: Request) -> IdempotencyKey:
     return key
 
 
-async def create_transfer(request: Request) -> Response:
-    """Debit, credit, the transfer and its two ledger entries, and the key's stored answer, in
-    one statement: all commit, or none. One round trip to PostgreSQL."""
+async def send_money_request(request: Request, query: str) -> asyncpg.Record:
+    """A transfer's or a payment's body (they take the same one), checked at the edge, then sent
+    with the key to `query`, one statement that claims the key, decides and answers."""
     found = services(request)
     command = validate_body(TransferIn, body_of(request))
     currency = check_currency(command.currency) if command.currency else None
     amount = check_amount(command.amount, currency, limit=found.settings.max_transfer_amount)
     key = idempotency_key_of(request)
-    row = await db.run(found.settings, lambda: found.pool.fetchrow(
-        Q.transfer_funds, principal_of(request).user_id, key.key, key.fingerprint,
+    row: asyncpg.Record = await db.run(found.settings, lambda: found.pool.fetchrow(
+        query, principal_of(request).user_id, key.key, key.fingerprint,
         found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
         amount, currency, command.description,
     ))  # fmt: skip
+    return row
+
+
+async def create_transfer(request: Request) -> Response:
+    """Debit, credit, the transfer and its two ledger entries, and the key's stored answer, in
+    one statement: all commit, or none. One round trip to PostgreSQL."""
+    row = await send_money_request(request, Q.transfer_funds)
     record_outcome(row)
     return answer_response(request.scope, row)
 
