@@ -3,7 +3,8 @@ response must match the contract (status, content type, headers and schema).
 
 Every check runs but positive_data_acceptance, which expects any schema-valid body to succeed:
 an unknown account number, a cursor we did not sign or an amount above the balance is valid by
-schema and refused by design. Logout is left out: it would revoke the token the run uses.
+schema and refused by design. Logout is left out: it would revoke the token the run uses. The
+run's user is an admin (as create-admin makes one), so that the admin routes are fuzzed too.
 FUZZ_EXAMPLES sets the examples per operation (each makes several requests)."""
 
 from __future__ import annotations
@@ -15,15 +16,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from payments.identity.seed import SEED_USERS, seed
+from payments.platform.db import Q
 from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from tests.api.processes import server
 from tests.conftest import ROOT, make_settings
 
 HIGH = "1000000/1m"
+
+
+async def make_admin(database_url: str, email: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval(Q.make_admin, email) is not None
+    finally:
+        await conn.close()
 
 
 def main() -> int:
@@ -35,6 +46,7 @@ def main() -> int:
         settings = make_settings(database_url, redis_url)
         asyncio.run(migrate(database_url))
         asyncio.run(seed(settings, database_url))
+        asyncio.run(make_admin(database_url, SEED_USERS[0][0]))
         limits = {
             "RATE_LIMIT_GLOBAL": HIGH,
             "RATE_LIMIT_AUTH": HIGH,
