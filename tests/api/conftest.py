@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from payments.app import create_app
+from payments.platform.embedded import RedisServer, free_port
 from payments.platform.housekeeping import sample_payment_queue
 from payments.settings import Settings
 from tests.api.users import User, new_user
@@ -77,3 +79,12 @@ async def sample_queue(app: Starlette) -> None:
     """Take the payments-queue sample that /ready reports now, not at the next interval."""
     found = app.state.services
     await sample_payment_queue(found.pool, found.payment_queue)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop, freeze and start again."""
+    server = RedisServer(port=free_port(), log_path=tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from payments.platform import redis_keys
-from payments.platform.embedded import RedisServer, free_port
+from payments.platform.embedded import RedisServer
 from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.processes import server
@@ -279,15 +278,6 @@ async def test_a_process_asks_postgresql_again_once_its_cache_is_old(
         assert await accounts_status(http, key) == 200
         await asyncio.sleep(1.1)
         assert await accounts_status(http, key) == 401
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may stop and start again."""
-    redis_server = RedisServer(port=free_port(), log_path=tmp_path / "redis.log")
-    redis_server.start()
-    yield redis_server
-    redis_server.stop()
 
 
 async def test_a_revoked_key_stays_refused_when_redis_forgets_or_goes_away(

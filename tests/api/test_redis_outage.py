@@ -7,27 +7,15 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
-from payments.platform.embedded import RedisServer, free_port
+from payments.platform.embedded import RedisServer
 from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may stop, freeze and start again."""
-    server = RedisServer(port=free_port(), log_path=tmp_path / "redis.log")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_going_away_and_coming_back_empty(
