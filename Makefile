@@ -63,3 +63,9 @@ fuzz: $(STAMP)
 .PHONY: chaos
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# The API tests with DATABASE_URL through PgBouncer in transaction pooling mode (tests/pgbouncer.py),
+# in front of DATABASE_URL or of an embedded PostgreSQL; needs the pgbouncer binary.
+.PHONY: test-pgbouncer
+test-pgbouncer: $(STAMP)
+	$(BIN)/python -m tests.pgbouncer $(BIN)/pytest tests/api $(PYTEST_ARGS)

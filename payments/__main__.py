@@ -128,14 +128,16 @@ def run_command(command: str, settings: Settings, admin_email: str | None) -> in
         settings = settings.model_copy(
             update={"database_url": database_url, "redis_url": redis_url}
         )
-        asyncio.run(migrate(database_url))
+        # One-off work (a migration may be long, and holds its lock) goes past a pooler when it can.
+        direct_url = settings.database_direct_url or database_url
+        asyncio.run(migrate(direct_url))
         if command in ("run", "seed") and settings.env == "production":
             log.info("seed_skipped", reason="the seed users' passwords are public")
         elif command in ("run", "seed"):
-            asyncio.run(seed(settings, database_url))
+            asyncio.run(seed(settings, direct_url))
         if admin_email is not None:
             try:
-                created = asyncio.run(create_admin(settings, database_url, admin_email))
+                created = asyncio.run(create_admin(settings, direct_url, admin_email))
             except AdminError as error:
                 print(f"payments: {error}", file=sys.stderr)
                 return 2
