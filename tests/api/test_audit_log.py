@@ -361,3 +361,32 @@ async def test_a_429_storm_writes_one_row_per_principal_and_tier(
     assert [tuple(row) for row in rows] == [
         (None, "10.2.0.1", "auth", 1), (user.user_id, "10.2.0.1", "global", 1),
     ]  # fmt: skip
+
+
+async def test_a_login_makes_no_audit_round_trip_and_a_batch_is_one_statement(
+    app: Starlette, client: httpx.AsyncClient, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statements a login sends to PostgreSQL from its own task: none of them audits. The
+    buffered writer then writes the login's row, with a failed login's, in one statement."""
+    audit = app.state.services.audit
+    await audit.flush()
+    sent: list[tuple[bool, str]] = []  # (from the writer's task, statement)
+    execute = asyncpg.connection.Connection._execute
+
+    async def recording(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((asyncio.current_task() is audit.task, query))
+        return await execute(self, query, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(asyncpg.connection.Connection, "_execute", recording)
+        ok = await client.post(
+            "/api/v1/auth/login", json={"email": alice.email, "password": PASSWORD}
+        )
+        bad = await client.post("/api/v1/auth/login", json={"email": alice.email, "password": "no"})
+        assert (ok.status_code, bad.status_code) == (200, 401)
+        on_request_path = [query for writer, query in sent if not writer]
+        await audit.flush()
+    assert on_request_path  # the login's own statements were seen
+    assert not [query for query in on_request_path if "audit" in query]
+    # One statement for both rows, or two if the writer's interval fell between the logins.
+    assert 1 <= sum(query == Q.insert_audit_events for _, query in sent) <= 2
