@@ -40,6 +40,7 @@ class Node:
     folder: Path
     process: subprocess.Popen[bytes] | None = None
     node_id: str = ""
+    served: set[int] = field(default_factory=set)  # its slots when it was killed
 
     @property
     def url(self) -> str:
@@ -158,23 +159,27 @@ class LocalCluster:
                 return next(node for node in self.nodes if node.port == port)
         raise LookupError(f"no node serves slot {slot}")
 
+    def kill(self, node: Node) -> None:
+        """SIGKILL a node, remembering the slots it served for promoted_after."""
+        node.served = slots_owned(node)
+        node.kill()
+
     def promoted_after(self, dead: Node, timeout_s: float = READY_TIMEOUT_S) -> Node:
-        """Wait for the dead primary's replica to take over; returns the new primary."""
-        slots_of_dead: list[int] = []
+        """Wait for a killed primary's replica to take over its slots; returns the new primary."""
 
-        def promoted() -> bool:
+        def successor() -> Node | None:
             for node in self.live():
-                info = node.client().info("replication")
-                if info["role"] == "master" and node.port != dead.port:
-                    owned = slots_owned(node)
-                    if slots_of_dead and set(slots_of_dead) <= owned:
-                        return True
-            return False
+                if dead.served and dead.served <= slots_owned(node):
+                    return node
+            return None
 
-        slots_of_dead.extend(dead_slots(self, dead))
-        wait_for(promoted, f"no replica took over from {dead.port}", timeout_s)
+        wait_for(
+            lambda: successor() is not None, f"no replica took over from {dead.port}", timeout_s
+        )
         wait_for(self.settled, "the cluster did not settle after the failover")
-        return next(node for node in self.live() if set(slots_of_dead) <= slots_owned(node))
+        found = successor()
+        assert found is not None
+        return found
 
     def settled(self) -> bool:
         return all(
@@ -192,15 +197,6 @@ class LocalCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-
-def dead_slots(cluster: LocalCluster, dead: Node) -> list[int]:
-    """The slots the dead node served, per the last map a live node had."""
-    slots: list[int] = []
-    for start, end, primary, *_ in cluster.live()[0].client().execute_command("CLUSTER SLOTS"):
-        if int(primary[1]) == dead.port:
-            slots.extend(range(start, end + 1))
-    return slots
 
 
 def slots_owned(node: Node) -> set[int]:

@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from payments.platform.redis_cluster import ClusterLink, command_slot
 from payments.platform.redis_link import REDIS_ERRORS, Script
+from tests.conftest import CLUSTERED
 from tests.redis_cluster import LocalCluster, Node, running_cluster
 
 TIMEOUT_S = 0.25
@@ -25,6 +26,8 @@ COUNT = Script("return redis.call('INCR', KEYS[1])")
 
 @pytest.fixture
 def cluster() -> Iterator[LocalCluster]:
+    if not CLUSTERED:
+        pytest.skip("make test-cluster runs it")
     with running_cluster() as started:
         yield started
 
@@ -137,7 +140,7 @@ async def test_a_killed_primary_is_replaced_without_a_new_link(
 
     counting = asyncio.create_task(keep_counting(time.monotonic() + 7))
     await asyncio.sleep(0.5)
-    dead.kill()
+    cluster.kill(dead)
     killed = time.monotonic()
     await counting
     assert failures > 0
