@@ -23,7 +23,7 @@ from payments.platform import redis_keys
 from payments.platform.settings import RateLimit
 from payments.settings import Settings
 from tests.api.conftest import serving
-from tests.api.users import User, new_user, send
+from tests.api.users import User, log_in, new_user, send
 from tests.books import balance_minor, transfer_count
 from tests.conftest import CLUSTERED
 from tests.redis_cluster import running_cluster
@@ -93,6 +93,19 @@ async def test_a_primary_killed_under_load(settings: Settings, db: asyncpg.Pool)
             back = await send(http, bob, alice.account_number, "1.00")
             assert back.status_code == 201
             assert back.headers["ratelimit"].startswith('"global"')
+            # And redis-py's cluster client (sessions, the denylist, /ready) found it too.
+            assert (await log_in(http, alice.email)).user_id == alice.user_id
+            assert await ready_within(http, 5.0)
+
+
+async def ready_within(http: httpx.AsyncClient, seconds: float) -> bool:
+    """/ready answers 200 (PostgreSQL and Redis both answer its ping) within the time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (await http.get("/api/v1/ready")).status_code == 200:
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 async def settled(http: httpx.AsyncClient, alice: User, bob: User, key: str) -> httpx.Response:
