@@ -36,6 +36,14 @@ check: lint typecheck test
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
+# The API and middleware-pipeline tests, and the cluster link's own, against a Redis Cluster: a
+# local one of 3 primaries and 3 replicas started for the run, or TEST_CLUSTER_URL's seed node.
+# Includes a primary killed under load (tests/api/test_cluster_failover.py).
+.PHONY: test-cluster
+test-cluster: $(STAMP)
+	REDIS_CLUSTER=true REDIS_URL=$(TEST_CLUSTER_URL) $(BIN)/pytest -q tests/api \
+		tests/integration/test_redis_cluster_link.py $(PYTEST_ARGS)
+
 .PHONY: bench bench-layers
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.service

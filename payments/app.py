@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
@@ -58,7 +58,7 @@ from payments.platform.housekeeping import (
     sweep_forever,
 )
 from payments.platform.log import configure_logging, flush_logs_forever
-from payments.platform.redis_link import RedisLink
+from payments.platform.redis_link import AnyRedis, connect_link
 from payments.services import Services
 from payments.settings import Settings
 
@@ -128,10 +128,19 @@ async def handle_http_error(request: Request, error: Exception) -> Response:
     return problem_response(ApiError(NOT_FOUND, "no such route"))
 
 
-def connect_redis(settings: Settings) -> Redis:
+def connect_redis(settings: Settings) -> AnyRedis:
     """A client that fails fast: a Redis that hangs is a Redis that is down (one quick retry
-    replaces a connection that died with a restarted server)."""
+    replaces a connection that died with a restarted server). For a cluster, redis-py's cluster
+    client, which routes by slot and follows MOVED and ASK."""
     assert settings.redis_url is not None
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -169,7 +178,7 @@ def create_app(settings: Settings) -> Starlette:
         found.cursor_key = await found.pool.fetchval(Q.cursor_key)
         found.redis = connect_redis(settings)
         assert settings.redis_url is not None
-        found.redis_link = RedisLink(settings.redis_url, settings.redis_timeout_s)
+        found.redis_link = connect_link(settings)
         found.admitter = Admitter(found.redis_link)
         found.audit.start(found.pool)
         housekeeping = [

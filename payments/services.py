@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from redis.asyncio import Redis
 from starlette.requests import Request
 
 from payments.identity.api_key_cache import ApiKeyCache
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
-from payments.platform.redis_link import RedisLink
+from payments.platform.redis_link import AnyRedis, Link
 from payments.settings import Settings
 
 if TYPE_CHECKING:  # the HTTP layers import this module
@@ -28,8 +27,8 @@ class Services:
     tokens: AccessTokens
     passwords: Passwords
     pool: asyncpg.Pool = field(init=False)
-    redis: Redis = field(init=False)
-    redis_link: RedisLink = field(init=False)  # the request path's two round trips
+    redis: AnyRedis = field(init=False)
+    redis_link: Link = field(init=False)  # the request path's two round trips
     admitter: Admitter = field(init=False)
     cursor_key: bytes = field(init=False)  # signs page cursors (service_key in the database)
     # The payments queue as last sampled (platform/housekeeping.py), for /ready.

@@ -3,6 +3,7 @@ DATABASE_URL / REDIS_URL, in a database (payments_test) and a Redis db (15) of t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from payments.platform.settings import RateLimit
 from payments.settings import Settings
+from tests.redis_cluster import running_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "payments_test"
@@ -27,11 +29,24 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+# REDIS_CLUSTER=true (make test-cluster): Redis is a Redis Cluster, REDIS_URL's or, without one, a
+# local one of three primaries and three replicas (tests/redis_cluster.py) started for the run.
+CLUSTERED = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+single_redis_only = pytest.mark.skipif(
+    CLUSTERED, reason="stops, freezes or flushes a single redis-server of its own, not a cluster"
+)
+
+
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:
-    with servers(ROOT / ".data" / "test", database_url=os.environ.get("DATABASE_URL") or None,
-                 redis_url=os.environ.get("REDIS_URL") or None) as urls:  # fmt: skip
-        yield urls
+    redis_url = os.environ.get("REDIS_URL") or None
+    with contextlib.ExitStack() as stack:
+        if CLUSTERED and redis_url is None:
+            redis_url = stack.enter_context(running_cluster()).url
+        yield stack.enter_context(
+            servers(ROOT / ".data" / "test", database_url=os.environ.get("DATABASE_URL") or None,
+                    redis_url=redis_url)
+        )  # fmt: skip
 
 
 def direct_url(server_urls: tuple[str, str]) -> str:
@@ -56,7 +71,8 @@ async def database_url(server_urls: tuple[str, str]) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(server_urls: tuple[str, str]) -> str:
-    return with_database(server_urls[1], str(TEST_REDIS_DB))
+    """A cluster has db 0 alone: a cluster given by REDIS_URL must be the tests' own."""
+    return with_database(server_urls[1], "0" if CLUSTERED else str(TEST_REDIS_DB))
 
 
 def make_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
@@ -66,6 +82,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
         data_dir=ROOT / ".data" / "test",
         database_url=database_url,
         redis_url=redis_url,
+        redis_cluster=CLUSTERED,
         jwt_secret=SecretStr("test-secret-" + "x" * 40),
         argon2_time_cost=1,
         argon2_memory_cost_kib=1024,

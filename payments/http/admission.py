@@ -22,7 +22,7 @@ from payments.http.body import read_request_body, replay
 from payments.http.errors import ApiError
 from payments.http.state import RequestState, state_of
 from payments.platform import metrics, redis_keys
-from payments.platform.redis_link import REDIS_ERRORS, RedisLink, Script
+from payments.platform.redis_link import REDIS_ERRORS, Link, Script
 from payments.services import Services
 
 log = structlog.get_logger(__name__)
@@ -135,7 +135,7 @@ def unreachable(plan: Plan) -> Admission:
 class Admitter:
     """Runs a plan through the process's shared Redis connection."""
 
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: Link) -> None:
         self.link = link
         self.script = Script(script_text())
 
@@ -144,28 +144,7 @@ class Admitter:
         return await self.admit(Plan(tag=tag, tiers=tiers))
 
     async def admit(self, plan: Plan) -> Admission:
-        unused = f"payments:{plan.tag}:unused"  # stands in for a part not asked for, in its slot
-        named_keys = {
-            "denylist_ready": (plan.denylist_keys or (unused,) * 3)[0],
-            "revoked_family": (plan.denylist_keys or (unused,) * 3)[1],
-            "revoked_token": (plan.denylist_keys or (unused,) * 3)[2],
-            "idempotency": plan.idempotency_key or unused,
-            "cache_version": (plan.cache_keys or (unused, unused))[0],
-            "cache_entry": (plan.cache_keys or (unused, unused))[1],
-            "refusal_audit": redis_keys.refusal_audit(plan.tag),
-        }
-        named_arguments: dict[str, Any] = {
-            "check_denylist": "1" if plan.denylist_keys else "0",
-            "check_idempotency": "1" if plan.idempotency_key else "0",
-            "fingerprint": plan.fingerprint,
-            "in_flight_ttl_ms": plan.in_flight_ttl_ms,
-            "read_cache": "1" if plan.cache_keys else "0",
-            "refusal_audit_ms": REFUSAL_AUDIT_INTERVAL_MS,
-        }
-        keys = [named_keys[name] for name in KEY_NAMES] + [tier.key for tier in plan.tiers]
-        arguments = [named_arguments[name] for name in ARGUMENT_NAMES]
-        for tier in plan.tiers:
-            arguments += tier.arguments()
+        keys, arguments = script_inputs(plan)
         try:
             reply = await self.link.run_script(self.script, keys, arguments)
         except REDIS_ERRORS:
@@ -173,6 +152,34 @@ class Admitter:
             metrics.REDIS_FALLBACKS.labels(layer="admission").inc()
             return unreachable(plan)
         return parse_reply(plan, reply)
+
+
+def script_inputs(plan: Plan) -> tuple[list[str], list[Any]]:
+    """The script's KEYS and ARGV for a plan. Every key carries the plan's one hash tag, so the
+    script runs unchanged on a Redis Cluster (one slot)."""
+    unused = f"payments:{plan.tag}:unused"  # stands in for a part not asked for, in its slot
+    named_keys = {
+        "denylist_ready": (plan.denylist_keys or (unused,) * 3)[0],
+        "revoked_family": (plan.denylist_keys or (unused,) * 3)[1],
+        "revoked_token": (plan.denylist_keys or (unused,) * 3)[2],
+        "idempotency": plan.idempotency_key or unused,
+        "cache_version": (plan.cache_keys or (unused, unused))[0],
+        "cache_entry": (plan.cache_keys or (unused, unused))[1],
+        "refusal_audit": redis_keys.refusal_audit(plan.tag),
+    }
+    named_arguments: dict[str, Any] = {
+        "check_denylist": "1" if plan.denylist_keys else "0",
+        "check_idempotency": "1" if plan.idempotency_key else "0",
+        "fingerprint": plan.fingerprint,
+        "in_flight_ttl_ms": plan.in_flight_ttl_ms,
+        "read_cache": "1" if plan.cache_keys else "0",
+        "refusal_audit_ms": REFUSAL_AUDIT_INTERVAL_MS,
+    }
+    keys = [named_keys[name] for name in KEY_NAMES] + [tier.key for tier in plan.tiers]
+    arguments = [named_arguments[name] for name in ARGUMENT_NAMES]
+    for tier in plan.tiers:
+        arguments += tier.arguments()
+    return keys, arguments
 
 
 def parse_reply(plan: Plan, reply: list[Any]) -> Admission:
@@ -207,7 +214,7 @@ class AfterBatch:
     def add(self, command: str, *arguments: Any) -> None:
         self.commands.append((command, *arguments))
 
-    async def send(self, link: RedisLink) -> None:
+    async def send(self, link: Link) -> None:
         if not self.commands:
             return
         commands, self.commands = self.commands, []

@@ -7,11 +7,10 @@ import contextlib
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
 
 from payments.platform import metrics, redis_keys
 from payments.platform.db import RETRYABLE, UNREACHABLE, Q
-from payments.platform.redis_link import REDIS_ERRORS
+from payments.platform.redis_link import REDIS_ERRORS, AnyRedis
 from payments.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,7 +24,7 @@ class PaymentsJob:
     name = "payments"
     channel = "payment_due"  # create_payment_v1 notifies it when an accepted payment commits
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: AnyRedis) -> None:
         self.settings = settings
         self.redis = redis
 

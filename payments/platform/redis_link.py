@@ -20,15 +20,20 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError, RedisError, ResponseError
+
+from payments.platform.settings import PlatformSettings
 
 Command = tuple[Any, ...]
 # What a Redis call may fail with, through this link or redis-py: every caller falls back on it.
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# redis-py's client, for one node or a cluster: what services.redis holds.
+AnyRedis = Redis | RedisCluster
 
 
 class Script:
@@ -37,6 +42,27 @@ class Script:
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (Redis's script id)
+
+
+class Link(Protocol):
+    """What the request path asks of Redis: one node's link, or a cluster's (redis_cluster.py)."""
+
+    async def execute(self, *commands: Command) -> list[Any]: ...
+
+    async def run_script(self, script: Script, keys: list[str], arguments: list[Any]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+async def run_script(link: Link, script: Script, keys: list[str], arguments: list[Any]) -> Any:
+    """EVALSHA, or EVAL when Redis does not have the script (it restarted, say)."""
+    try:
+        [reply] = await link.execute(("EVALSHA", script.sha, len(keys), *keys, *arguments))
+    except ResponseError as error:
+        if not str(error).startswith("NOSCRIPT"):
+            raise
+        [reply] = await link.execute(("EVAL", script.text, len(keys), *keys, *arguments))
+    return reply
 
 
 class _Protocol(asyncio.Protocol):
@@ -101,29 +127,39 @@ class RedisLink:
     async def execute(self, *commands: Command) -> list[Any]:
         """The replies to the commands, sent together, in order. An error reply raises
         ResponseError; Redis gone, ConnectionError; no answer within the timeout, TimeoutError."""
-        protocol: _Protocol | None = None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                protocol = await self.connected()
-                replies = [await future for future in protocol.send(list(commands))]
-        except TimeoutError:
-            if protocol is not None:
-                protocol.break_off()
-            raise
+        replies = await self.replies(*commands)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
 
-    async def run_script(self, script: Script, keys: list[str], arguments: list[Any]) -> Any:
-        """EVALSHA, or EVAL when Redis does not have the script (it restarted, say)."""
+    async def replies(self, *commands: Command) -> list[Any]:
+        """As execute, but an error reply comes back in its place instead of raising (a cluster
+        client reads each one: MOVED, ASK). Refused before anything was sent: OSError; the
+        connection lost after: ConnectionError; no answer in time: TimeoutError."""
+        protocol: _Protocol | None = None
         try:
-            [reply] = await self.execute(("EVALSHA", script.sha, len(keys), *keys, *arguments))
-        except ResponseError as error:
-            if not str(error).startswith("NOSCRIPT"):
-                raise
-            [reply] = await self.execute(("EVAL", script.text, len(keys), *keys, *arguments))
-        return reply
+            async with asyncio.timeout(self.timeout_s):
+                protocol = await self.connected()
+                return [await future for future in protocol.send(list(commands))]
+        except TimeoutError:
+            if protocol is not None:
+                protocol.break_off()
+            raise
+
+    async def run_script(self, script: Script, keys: list[str], arguments: list[Any]) -> Any:
+        return await run_script(self, script, keys, arguments)
+
+    def for_node(self, host: str, port: int) -> RedisLink:
+        """A link to another node of the same cluster: the same credentials and TLS, db 0."""
+        link = RedisLink.__new__(RedisLink)
+        link.timeout_s, link.path, link.host, link.port, link.ssl = (
+            self.timeout_s, None, host, port, self.ssl
+        )  # fmt: skip
+        link.handshake = [command for command in self.handshake if command[0] != "SELECT"]
+        link.protocol = None
+        link.connecting = asyncio.Lock()
+        return link
 
     async def connected(self) -> _Protocol:
         if self.protocol is not None and not self.protocol.lost:
@@ -154,3 +190,13 @@ class RedisLink:
         if self.protocol is not None:
             self.protocol.break_off()
             self.protocol = None
+
+
+def connect_link(settings: PlatformSettings) -> Link:
+    """The request path's link: to the one Redis, or to the primaries of a Redis Cluster."""
+    from payments.platform.redis_cluster import ClusterLink
+
+    assert settings.redis_url is not None
+    if settings.redis_cluster:
+        return ClusterLink(settings.redis_url, settings.redis_timeout_s)
+    return RedisLink(settings.redis_url, settings.redis_timeout_s)

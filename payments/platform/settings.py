@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from redis.asyncio.connection import parse_url
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -127,6 +128,9 @@ class PlatformSettings(Section):
     database_statement_cache: Annotated[
         int | None, Env("DATABASE_STATEMENT_CACHE"), Field(ge=0, le=10_000)
     ] = None
+    # True: REDIS_URL names one node of a Redis Cluster (any node: the rest are learnt from it),
+    # and every Redis call goes to the primary serving its key's slot (platform/redis_cluster.py).
+    redis_cluster: Annotated[bool, Env("REDIS_CLUSTER")] = False
     host: Annotated[str, Env("HOST"), Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Env("PORT"), Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Env("WORKERS"), Field(ge=1, le=64)] = 1
@@ -181,6 +185,18 @@ class PlatformSettings(Section):
         if self.database_direct_url:
             return self.database_direct_url
         return self.database_url if self.database_pooler == "none" else None
+
+    @model_validator(mode="after")
+    def check_cluster(self) -> PlatformSettings:
+        """A cluster has db 0 alone, and its nodes are reached over TCP."""
+        url = self.redis_url or ""
+        if self.redis_cluster and url.startswith("unix://"):
+            raise ValueError(
+                "redis_url: a Redis Cluster's seed node is a redis:// or rediss:// URL"
+            )
+        if self.redis_cluster and int(parse_url(url).get("db", 0) if url else 0) != 0:
+            raise ValueError("redis_url: a Redis Cluster has database 0 alone")
+        return self
 
     @model_validator(mode="after")
     def check_ports(self) -> PlatformSettings:

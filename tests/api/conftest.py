@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from starlette.applications import Starlette
 
 from payments.app import create_app
@@ -19,6 +19,7 @@ from payments.platform.housekeeping import sample_payment_queue
 from payments.settings import Settings
 from tests.api.users import User, new_user
 from tests.books import assert_books_balance, reset_books
+from tests.conftest import CLUSTERED
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +31,10 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
 
 @pytest.fixture(scope="session")
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
+    """The tests' own look at Redis; on a cluster, redis-py's cluster client (its FLUSHDB goes to
+    every primary)."""
+    client = RedisCluster.from_url(redis_url) if CLUSTERED else Redis.from_url(redis_url)
+    yield client  # type: ignore[misc]  (the same commands, for what the tests ask)
     await client.aclose()
 
 

@@ -27,6 +27,7 @@ from tests.api.processes import server
 from tests.api.test_round_trips import counting
 from tests.api.users import User, new_user, send
 from tests.books import balance_minor
+from tests.conftest import single_redis_only
 
 KEYS = "/api/v1/api-keys"
 CONNECTIONS_PER_WORKER = 3  # kept alive to each of the two workers
@@ -280,6 +281,7 @@ async def test_a_process_asks_postgresql_again_once_its_cache_is_old(
         assert await accounts_status(http, key) == 401
 
 
+@single_redis_only
 async def test_a_revoked_key_stays_refused_when_redis_forgets_or_goes_away(
     client: httpx.AsyncClient, alice: User, settings: Settings, own_redis: RedisServer
 ) -> None:

@@ -16,8 +16,10 @@ from payments.settings import Settings
 from tests.api.conftest import serving
 from tests.api.users import User, new_user, send
 from tests.books import balance_minor, transfer_count
+from tests.conftest import single_redis_only
 
 
+@single_redis_only
 async def test_redis_going_away_and_coming_back_empty(
     client: httpx.AsyncClient,
     alice: User,
@@ -73,6 +75,7 @@ async def test_redis_going_away_and_coming_back_empty(
     assert await balance_minor(db, bob.account_number) == 100000 + 1000 + 2000 + 500
 
 
+@single_redis_only
 async def test_a_frozen_redis_does_not_freeze_the_api(
     client: httpx.AsyncClient, alice: User, bob: User, settings: Settings, own_redis: RedisServer
 ) -> None:

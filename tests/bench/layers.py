@@ -2,7 +2,8 @@
 
 Drives the ASGI stack in-process (no HTTP, no client) against the embedded Redis and PostgreSQL
 (or DATABASE_URL / REDIS_URL), adding one layer at a time over a handler that does nothing.
-Run with `make bench`; BENCH_REQUESTS sets the requests per variant.
+Run with `make bench-layers`; BENCH_REQUESTS sets the requests per variant. Then the Redis
+clients compared, one Redis and a local cluster (redis_clients.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from payments.platform.redis_link import RedisLink
 from payments.platform.settings import RateLimit
 from payments.services import Services
 from payments.settings import Settings
+from tests.bench import redis_clients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,6 +160,9 @@ async def main() -> None:
         await services.redis.aclose()
         await services.pool.close()
         services.passwords.close()
+        await redis_clients.run(
+            str(settings.redis_url), int(os.environ.get("BENCH_CALLS", "20000"))
+        )
 
 
 if __name__ == "__main__":

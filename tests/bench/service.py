@@ -6,7 +6,8 @@ of the way, and drives each scenario with BENCH_CLIENTS keep-alive clients (32) 
 (15) after a short warm-up. Prints one table, and writes `bench-results/bench.json` and
 `bench-results/bench.png`. BENCH_PGBOUNCER=1 puts PgBouncer (transaction pooling,
 tests/pgbouncer.py) between the service (and raw-sql) and PostgreSQL. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those; BENCH_BACKLOG and
-BENCH_WORKER_CONCURRENCY size the payment-settle scenario.
+BENCH_WORKER_CONCURRENCY size the payment-settle scenario. REDIS_CLUSTER=true runs it against a
+local Redis Cluster of three primaries and three replicas (tests/redis_cluster.py) instead.
 
 raw-sql is the service's own transfer statement sent with asyncpg from here, no HTTP: the floor
 the transfer scenario is measured against. After the money scenarios the books are checked."""
@@ -40,10 +41,11 @@ from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
 from tests.books import book_violations
-from tests.conftest import make_settings
+from tests.conftest import CLUSTERED, make_settings
 from tests.pgbouncer import pgbouncer
 from tests.population import FundedUser, open_funded_users
 from tests.procfs import listening_on, process_tree
+from tests.redis_cluster import running_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNTS = 1_000
@@ -363,9 +365,14 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
+        redis_url, redis_ports = None, []
+        if CLUSTERED:  # REDIS_CLUSTER=true: a local cluster of 3 primaries and 3 replicas
+            cluster = stack.enter_context(running_cluster(data_dir / "redis-cluster"))
+            redis_url, redis_ports = cluster.url, [node.port for node in cluster.nodes]
         database_url, redis_url = stack.enter_context(
-            servers(data_dir, database_url=None, redis_url=None)
+            servers(data_dir, database_url=None, redis_url=redis_url)
         )
+        redis_ports = redis_ports or [urlsplit(redis_url).port or 6379]
         await migrate(database_url)
         settings = make_settings(database_url, redis_url)
         pooled_url = None
@@ -390,7 +397,7 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
             meter = CpuMeter({
                 "api": lambda: process_tree(process.pid),
                 "postgres": lambda: postgres_processes(database_url),
-                "redis": lambda: listening_on(urlsplit(redis_url).port or 6379),
+                "redis": lambda: set().union(*(listening_on(port) for port in redis_ports)),
                 "client": lambda: {os.getpid()},
                 **({"pgbouncer": lambda: listening_on(urlsplit(pooled_url).port or 0)}
                    if pooled_url else {}),

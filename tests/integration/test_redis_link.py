@@ -12,8 +12,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 
 from payments.platform.redis_link import RedisLink, Script
+from tests.conftest import single_redis_only
 
 TIMEOUT_S = 0.25
+pytestmark = single_redis_only  # pauses and kills the clients of one node; a cluster has its own
 
 
 @pytest.fixture

@@ -159,3 +159,13 @@ def test_each_domain_keeps_its_section_and_one_object_reads_them_all() -> None:
     fields = [set(section.model_fields) for section in sections]
     assert set().union(*fields) == set(Settings.model_fields)
     assert sum(len(f) for f in fields) == len(Settings.model_fields)  # no field in two sections
+
+
+def test_a_redis_cluster_is_named_by_one_node_on_database_zero(tmp_path: Path) -> None:
+    seed = {"REDIS_URL": "redis://10.0.0.5:7000", "DATA_DIR": str(tmp_path)}
+    settings = Settings.from_environ({**seed, "REDIS_CLUSTER": "true"}, dotenv=None)
+    assert settings.redis_cluster is True
+    assert Settings.from_environ(seed, dotenv=None).redis_cluster is False
+    for url in ("redis://10.0.0.5:7000/15", "unix:///run/redis.sock"):
+        with pytest.raises(SettingsError, match="REDIS_URL"):
+            Settings.from_environ({**seed, "REDIS_URL": url, "REDIS_CLUSTER": "true"}, dotenv=None)
