@@ -9,6 +9,7 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from payments.fx.rates import FileRateProvider, RateProvider
 from payments.identity.api_key_cache import ApiKeyCache
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
@@ -34,9 +35,11 @@ class Services:
     # The payments queue as last sampled (platform/housekeeping.py), for /ready.
     payment_queue: dict[str, Any] = field(default_factory=dict)
     api_keys: ApiKeyCache = field(init=False)  # the owners of the API keys this process has seen
+    rates: RateProvider = field(init=False)  # FX rates: FX_RATES_FILE unless a test sets another
 
     def __post_init__(self) -> None:
         self.api_keys = ApiKeyCache(self.settings)
+        self.rates = FileRateProvider(self.settings.fx_rates_file, self.settings.fx_max_rate_age_s)
 
 
 def services(request: Request) -> Services:

@@ -8,7 +8,7 @@ from payments.platform.db import Q
 
 CLEAN_TABLES = (
     "payment, ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log,"
-    " api_key"
+    " api_key, fx_quote, payroll_item, payroll_job"
 )
 
 
