@@ -477,6 +477,9 @@ DECLARE
     v_paid int := 0;
     v_failed int := 0;
     v_parties bigint[] := ARRAY[]::bigint[];
+    v_indexes int[] := ARRAY[]::int[];
+    v_reasons text[] := ARRAY[]::text[];
+    v_transfer_ids bigint[] := ARRAY[]::bigint[];
 BEGIN
     SELECT j.id, j.source_account_id, j.total_items, j.checkpoint, j.succeeded_items,
            j.failed_items, j.name, a.user_id AS source_user_id
@@ -511,10 +514,9 @@ BEGIN
         SELECT * INTO v_moved FROM move_money_v1(
             v_job.source_account_id, v_item.target_account_id, v_item.amount_minor,
             v_item.currency, 'payroll', coalesce(v_item.reference, v_job.name), NULL, NULL);
-        UPDATE payroll_item i
-           SET status = CASE WHEN v_moved.problem IS NULL THEN 'SUCCEEDED' ELSE 'FAILED' END,
-               failure_reason = v_moved.problem, transfer_id = v_moved.transfer_id
-         WHERE i.job_id = p_job_id AND i.item_index = v_item.item_index;
+        v_indexes := v_indexes || v_item.item_index;
+        v_reasons := v_reasons || v_moved.problem;
+        v_transfer_ids := v_transfer_ids || v_moved.transfer_id;
         IF v_moved.problem IS NULL THEN
             v_paid := v_paid + 1;
             v_parties := v_parties || v_item.target_user_id;
@@ -525,6 +527,12 @@ BEGIN
     IF cardinality(v_parties) > 0 THEN
         v_parties := v_parties || v_job.source_user_id;
     END IF;
+    -- The items paid or failed here, in one statement (their rows are locked already).
+    UPDATE payroll_item i
+       SET status = CASE WHEN u.reason IS NULL THEN 'SUCCEEDED' ELSE 'FAILED' END,
+           failure_reason = u.reason, transfer_id = u.transfer_id
+      FROM unnest(v_indexes, v_reasons, v_transfer_ids) AS u (item_index, reason, transfer_id)
+     WHERE i.job_id = p_job_id AND i.item_index = u.item_index;
 
     IF v_last = v_job.total_items THEN
         -- emits payroll_job.completed (webhooks)
