@@ -344,12 +344,12 @@ SELECT i.job_id, i.item_index, i.status,
 -- insert). The source is the caller's account named by p_from_number, or else the caller's
 -- account in the items' currency, or else the caller's first account. Every item is checked
 -- before anything is written; any fault is a validation error naming each faulty item (refused
--- before it ran: not stored with the key). Accepted: the job, its items and the key's answer
--- commit together, and the workers listening on 'payroll_due' are woken.
+-- before it ran: not stored with the key). Accepted: the job, its items, its audit row and the
+-- key's answer commit together, and the workers listening on 'payroll_due' are woken.
 CREATE FUNCTION create_payroll_job_v1(
     p_user_id bigint, p_key text, p_fingerprint bytea, p_key_ttl_s int, p_name text,
     p_from_number text, p_to_numbers text[], p_amounts text[], p_currencies text[],
-    p_references text[],
+    p_references text[], p_ip text, p_request_id text,
     OUT status int, OUT body text, OUT replayed boolean, OUT stored boolean, OUT parties bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -432,6 +432,9 @@ BEGIN
       FROM unnest(p_to_numbers, p_amounts, p_references)
            WITH ORDINALITY AS u (to_number, amount, reference, n)
       JOIN account a ON a.account_number = u.to_number AND a.kind = 'customer';
+    INSERT INTO audit_log (actor_id, action, target, ip, request_id, details)
+    VALUES (p_user_id, 'payroll_job.created', 'payroll_job:' || v_job_id, p_ip, p_request_id,
+            jsonb_build_object('name', p_name, 'total_items', cardinality(p_to_numbers)));
     status := 202;
     parties := ARRAY[p_user_id];
     SELECT o.body::text INTO body FROM payroll_job_out o WHERE o.id = v_job_id;

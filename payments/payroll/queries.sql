@@ -2,7 +2,8 @@
 
 -- name: create_payroll_job
 SELECT status, body, replayed, stored, parties
-  FROM create_payroll_job_v1($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10::text[]);
+  FROM create_payroll_job_v1($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11, $12);
 
 -- name: payroll_job_of_user
 -- The owner's job, or any job for an admin ($3).

@@ -13,7 +13,9 @@ from payments.http.body import RequestModel, field_error, validate_body
 from payments.http.errors import NOT_FOUND, VALIDATION_ERROR, ApiError
 from payments.http.idempotency import answer_response
 from payments.http.pagination import decode_cursor, encode_cursor, page_limit
+from payments.http.rate_limit import client_address
 from payments.http.responses import body_of, page_response, path_id, principal_of
+from payments.http.state import state_of
 from payments.money.amounts import AccountNumber, Currency, check_amount, check_currency
 from payments.money.transfers import idempotency_key_of
 from payments.platform import db
@@ -86,6 +88,7 @@ async def create_job(request: Request) -> Response:
         settings.idempotency_ttl_s, command.name, command.from_account_number,
         [item.to_account_number for item in items], amounts,
         [item.currency for item in items], [item.reference for item in items],
+        client_address(request.scope), state_of(request.scope).request_id,
     ))  # fmt: skip
     return answer_response(request.scope, row)
 

@@ -96,6 +96,10 @@ async def test_a_job_pays_every_item_once_and_shows_its_progress(
     replay = await submit(client, alice, items, key=key)
     assert (replay.status_code, replay.headers["idempotent-replayed"]) == (202, "true")
     assert await db.fetchval("SELECT count(*) FROM payroll_job") == 1
+    audited = await db.fetchrow("SELECT actor_id, action, target, details FROM audit_log"
+                                " WHERE action = 'payroll_job.created'")  # fmt: skip
+    assert (audited["actor_id"], audited["target"]) == (alice.user_id, f"payroll_job:{job['id']}")
+    assert json.loads(audited["details"])["total_items"] == 3
 
     async with paying(settings, db, redis):
         done = await finished(client, alice, job["id"])
