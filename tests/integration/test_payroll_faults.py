@@ -42,7 +42,7 @@ async def submit_job(db: asyncpg.Pool) -> tuple[int, list[str]]:
     payees = [row["account_number"] for row in rows]
     amounts = [f"{1 + index % 7}.00" for index in range(ITEMS)]  # 40,000.00 of 100,000.00
     row = await db.fetchrow(Q.create_payroll_job, employer, "k", uuid.uuid4().bytes * 2, 3600,
-                            "Payroll", None, payees, amounts, [None] * ITEMS, [None] * ITEMS)  # fmt: skip
+                            "Payroll", None, payees, amounts, [None] * ITEMS, [None] * ITEMS, None, None)  # fmt: skip
     assert row["status"] == 202, row["body"]
     return json.loads(row["body"])["id"], payees
 
