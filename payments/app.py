@@ -21,6 +21,7 @@ from starlette.routing import Mount
 
 from payments.admin import audit_routes, deposits, lookups, stats
 from payments.admin.audit import AuditLog
+from payments.fx import routes as fx
 from payments.http.admission import AdmissionMiddleware, Admitter
 from payments.http.auth import AuthMiddleware
 from payments.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
@@ -32,6 +33,7 @@ from payments.http.response_cache import ResponseCacheMiddleware
 from payments.http.rules import (
     ADMIN_MONEY,
     ADMIN_READ,
+    BULK_MONEY,
     KEY_MANAGEMENT,
     MONEY,
     PUBLIC,
@@ -49,6 +51,7 @@ from payments.identity.tokens import AccessTokens
 from payments.money import accounts, transfers
 from payments.operations import docs, health
 from payments.payments import routes as payments
+from payments.payroll import routes as payroll
 from payments.platform import metrics
 from payments.platform.db import Q, create_pool
 from payments.platform.housekeeping import (
@@ -108,6 +111,12 @@ def routes() -> list[RuledRoute]:
         RuledRoute(f"{API}/admin/audit-logs/verify", GET=(audit_routes.verify_audit_log, ADMIN_READ)),
         RuledRoute(f"{API}/queue/stats", GET=(stats.queue_stats, ADMIN_READ)),
         RuledRoute(f"{API}/cache/stats", GET=(stats.cache_stats, ADMIN_READ)),
+        RuledRoute(f"{API}/fx/quotes", POST=(fx.create_quote, WRITE)),
+        RuledRoute(f"{API}/fx/quotes/{{id}}", GET=(fx.get_quote, READ)),
+        RuledRoute(f"{API}/admin/fx/positions", GET=(fx.list_positions, ADMIN_READ)),
+        RuledRoute(f"{API}/payroll/jobs", POST=(payroll.create_job, BULK_MONEY)),
+        RuledRoute(f"{API}/payroll/jobs/{{id}}", GET=(payroll.get_job, READ)),
+        RuledRoute(f"{API}/payroll/jobs/{{id}}/items", GET=(payroll.list_items, READ)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
         RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from starlette.requests import Request
 
+from payments.fx.rates import FileRateProvider, RateProvider
 from payments.identity.api_key_cache import ApiKeyCache
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
@@ -35,9 +36,11 @@ class Services:
     payment_queue: dict[str, Any] = field(default_factory=dict)
     api_keys: ApiKeyCache = field(init=False)  # the owners of the API keys this process has seen
     audit: AuditLog = field(init=False)  # the buffered writer of security events (admin/audit.py)
+    rates: RateProvider = field(init=False)  # FX rates: FX_RATES_FILE unless a test sets another
 
     def __post_init__(self) -> None:
         self.api_keys = ApiKeyCache(self.settings)
+        self.rates = FileRateProvider(self.settings.fx_rates_file, self.settings.fx_max_rate_age_s)
 
 
 def services(request: Request) -> Services:

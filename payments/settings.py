@@ -11,15 +11,24 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 
 from payments.admin.settings import AdminSettings
+from payments.fx.settings import FxSettings
 from payments.http.settings import HttpSettings
 from payments.identity.settings import IdentitySettings
 from payments.money.settings import MoneySettings
 from payments.payments.settings import PaymentSettings
+from payments.payroll.settings import PayrollSettings
 from payments.platform.settings import Env, PlatformSettings, SettingsError, read_dotenv
 
 
 class Settings(
-    PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings, AdminSettings
+    PlatformSettings,
+    HttpSettings,
+    IdentitySettings,
+    MoneySettings,
+    PaymentSettings,
+    FxSettings,
+    PayrollSettings,
+    AdminSettings,
 ):
     """Defaults serve a developer on a fresh machine."""
 

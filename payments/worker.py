@@ -1,4 +1,4 @@
-"""The worker: `python -m payments worker`. Each job (payments today; payroll batches and webhook
+"""The worker: `python -m payments worker`. Each job (payments and payroll batches today; webhook
 deliveries later) is an object with claim, settle and release; the loop is the same for all.
 
 WORKER_CONCURRENCY loops per job claim due work with FOR UPDATE SKIP LOCKED under a lease and
@@ -24,6 +24,7 @@ import structlog
 
 from payments.app import connect_redis
 from payments.payments.jobs import PaymentsJob
+from payments.payroll.jobs import PayrollJob
 from payments.platform.db import DB_ERRORS, UNREACHABLE, Q, create_pool
 from payments.settings import Settings
 
@@ -163,13 +164,15 @@ class Worker:
 
 
 async def run_worker(settings: Settings) -> bool:
-    """The worker process: its pool (one connection per loop, and one to spare; the listener
-    has a connection of its own), its jobs, until SIGTERM or SIGINT."""
-    concurrency = settings.worker_concurrency
-    pool = await create_pool(settings, str(settings.database_url),
-                             application_name=WORKER_APPLICATION_NAME, size_max=concurrency + 1)  # fmt: skip
+    """The worker process: its jobs (payments and payroll), its pool (one connection per loop
+    of each job, and one to spare; the listener has a connection of its own), until SIGTERM or
+    SIGINT."""
     redis = connect_redis(settings)
-    worker = Worker(settings, pool, [PaymentsJob(settings, redis)])
+    jobs: list[Job] = [PaymentsJob(settings, redis), PayrollJob(settings, redis)]
+    loops = settings.worker_concurrency * len(jobs)
+    pool = await create_pool(settings, str(settings.database_url),
+                             application_name=WORKER_APPLICATION_NAME, size_max=loops + 1)  # fmt: skip
+    worker = Worker(settings, pool, jobs)
     loop = asyncio.get_running_loop()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, worker.stopping.set)

@@ -31,10 +31,18 @@ async def payments_queue(pool: asyncpg.Pool) -> QueueStats:
     }  # fmt: skip
 
 
+async def payroll_queue(pool: asyncpg.Pool) -> QueueStats:
+    """Payroll jobs waiting and being paid, through the partial index of unfinished jobs."""
+    row = await pool.fetchrow(Q.payroll_queue_stats)
+    assert row is not None
+    return {"queued": row["queued"], "processing": row["processing"]}
+
+
 # Every queue of the service, by the name /queue/stats reports it under: one provider per domain
 # whose work waits in a table. A domain with a queue adds its provider here.
 QUEUE_PROVIDERS: dict[str, QueueProvider] = {
     "payments": payments_queue,
+    "payroll_jobs": payroll_queue,
 }
 
 

@@ -262,10 +262,11 @@ class AdmissionMiddleware:
 
     async def read_body(self, scope: Scope, receive: Receive, state: RequestState) -> Receive:
         """The body, read once and given again to the handler; a refusal waits its turn."""
+        settings = self.services.settings
+        bytes_max = (settings.bulk_request_body_bytes_max if state.rules.bulk_body
+                     else settings.request_body_bytes_max)  # fmt: skip
         try:
-            state.body = await read_request_body(
-                scope, receive, bytes_max=self.services.settings.request_body_bytes_max
-            )
+            state.body = await read_request_body(scope, receive, bytes_max=bytes_max)
         except ApiError as error:
             state.refusal = error
             return receive

@@ -32,6 +32,10 @@ ACCOUNT_EXISTS = ProblemType(409, "account_exists", "Account already exists")
 API_KEY_LIMIT = ProblemType(409, "api_key_limit", "Too many API keys")
 ALREADY_REVERSED = ProblemType(409, "already_reversed", "Transaction already reversed")
 NOT_REVERSIBLE = ProblemType(409, "not_reversible", "Transaction cannot be reversed")
+QUOTE_USED = ProblemType(
+    409, "quote_used", "Quote already used"
+)  # answered by sql/ (fx_problem_v1)
+QUOTE_EXPIRED = ProblemType(410, "quote_expired", "Quote expired")
 PAYLOAD_TOO_LARGE = ProblemType(413, "payload_too_large", "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemType(415, "unsupported_media_type", "Unsupported media type")
 VALIDATION_ERROR = ProblemType(422, "validation_error", "Validation failed")
@@ -63,7 +67,7 @@ class ApiError(Exception):
         detail: str | None = None,
         *,
         headers: dict[str, str] | None = None,
-        errors: list[dict[str, str]] | None = None,
+        errors: list[dict[str, Any]] | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(problem.code)

@@ -28,6 +28,7 @@ class Rules:
     cached_view: str | None = None  # the response-cache view this GET reads, if any
     admin: bool = False  # only an admin may call it (403 forbidden for anyone else)
     api_key: bool = True  # an API key may stand in for the access token (401 invalid_token if not)
+    bulk_body: bool = False  # bodies up to bulk_request_body_bytes_max, not request_body_bytes_max
 
 
 PUBLIC = Rules(public=True, limited=False)  # health, metrics, docs: no token, no limits
@@ -37,6 +38,7 @@ WRITE = Rules(idempotency="accepted")  # an authenticated POST that moves no mon
 MONEY = Rules(tiers=("transfer",), idempotency="required")  # every POST that moves money
 ADMIN_MONEY = Rules(tiers=("transfer",), idempotency="required", admin=True)  # deposits
 ADMIN_READ = Rules(admin=True)  # an admin's GET: any account, the audit log, the queues
+BULK_MONEY = Rules(tiers=("transfer",), idempotency="required", bulk_body=True)  # payroll jobs
 # Managing API keys takes a person's access token: a key cannot make, list or revoke keys. No
 # Idempotency-Key either: a stored answer would keep a new key where only its hash may be.
 KEY_MANAGEMENT = Rules(api_key=False)

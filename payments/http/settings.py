@@ -31,5 +31,7 @@ class HttpSettings(Section):
     idempotency_sweep_interval_s: int = 300  # how often expired durable keys are deleted
     cache_ttl_s: Annotated[int, Env("CACHE_TTL", parse_duration_s), Field(ge=1)] = 30
     request_body_bytes_max: int = 64 * 1024  # larger bodies get 413 before anyone parses them
+    # The routes whose rules say bulk_body (payroll jobs: 10,000 items) take bodies up to this.
+    bulk_request_body_bytes_max: int = 2 * 1024 * 1024
     page_size_default: int = 20
     page_size_max: int = 100  # a page is never larger, whatever the client asks

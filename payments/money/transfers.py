@@ -9,7 +9,7 @@ from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payments.http.body import RequestModel, validate_body
+from payments.http.body import JsonNumber, RequestModel, field_error, validate_body
 from payments.http.errors import NOT_FOUND, ApiError
 from payments.http.idempotency import IdempotencyKey, answer_response
 from payments.http.pagination import keyset_page
@@ -34,6 +34,20 @@ class TransferIn(RequestModel):
     currency: Currency | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     from_account_number: AccountNumber | None = None
+
+
+class FxTransferIn(TransferIn):
+    """A transfer at a quoted rate: the quote says how much, so the amount may be left out."""
+
+    amount: Any = None  # when given, it must equal the quote's from_amount
+    fx_quote_id: Any  # the quote's id: a JSON integer (or its digits as a string)
+
+
+def quote_id_of(value: object) -> int:
+    text = value.text if isinstance(value, JsonNumber) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise field_error("fx_quote_id", "must be a quote's id")
+    return int(text)
 
 
 def idempotency_key_of(request: Request) -> IdempotencyKey:
@@ -62,10 +76,35 @@ async def send_money_request(request: Request, query: str) -> asyncpg.Record:
 
 async def create_transfer(request: Request) -> Response:
     """Debit, credit, the transfer and its two ledger entries, and the key's stored answer, in
-    one statement: all commit, or none. One round trip to PostgreSQL."""
-    row = await send_money_request(request, Q.transfer_funds)
+    one statement: all commit, or none. One round trip to PostgreSQL. With fx_quote_id, the
+    transfer at the quote's rate (send_fx_transfer), one statement too."""
+    payload = body_of(request)
+    if isinstance(payload, dict) and ("fx_quote_id" in payload or "fxQuoteId" in payload):
+        row = await send_fx_transfer(request)
+    else:
+        row = await send_money_request(request, Q.transfer_funds)
     record_outcome(row)
     return answer_response(request.scope, row)
+
+
+async def send_fx_transfer(request: Request) -> asyncpg.Record:
+    """The quote consumed (ACTIVE -> USED), from_amount from the sender into the clearing account
+    of its currency and to_amount from the other currency's clearing account to the recipient,
+    and the key's answer: one statement, all or nothing."""
+    found = services(request)
+    command = validate_body(FxTransferIn, body_of(request))
+    quote_id = quote_id_of(command.fx_quote_id)
+    currency = check_currency(command.currency) if command.currency else None
+    amount = None
+    if command.amount is not None:
+        amount = check_amount(command.amount, currency, limit=found.settings.max_transfer_amount)
+    key = idempotency_key_of(request)
+    row: asyncpg.Record = await db.run(found.settings, lambda: found.pool.fetchrow(
+        Q.fx_transfer, principal_of(request).user_id, key.key, key.fingerprint,
+        found.settings.idempotency_ttl_s, command.from_account_number, command.to_account_number,
+        amount, currency, command.description, quote_id,
+    ))  # fmt: skip
+    return row
 
 
 def record_outcome(row: asyncpg.Record) -> None:

@@ -76,16 +76,20 @@ class PaymentsJob:
         return settled
 
     async def invalidate(self, user_ids: set[int]) -> None:
-        """The cached reads of every user whose books a settlement changed; best effort (the
-        entries expire within CACHE_TTL anyway)."""
-        if not user_ids:
-            return
-        with contextlib.suppress(*REDIS_ERRORS):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user_id in user_ids:
-                    pipe.incr(redis_keys.cache_version(user_id))
-                    pipe.expire(redis_keys.cache_version(user_id), CACHE_VERSION_TTL_S)
-                await pipe.execute()
+        await invalidate_cached_reads(self.redis, user_ids)
 
     async def release(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> None:
         await pool.execute(Q.release_payments, worker, ids)
+
+
+async def invalidate_cached_reads(redis: AnyRedis, user_ids: set[int]) -> None:
+    """The cached reads of every user whose books a job changed; best effort (the entries
+    expire within CACHE_TTL anyway)."""
+    if not user_ids:
+        return
+    with contextlib.suppress(*REDIS_ERRORS):
+        async with redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.incr(redis_keys.cache_version(user_id))
+                pipe.expire(redis_keys.cache_version(user_id), CACHE_VERSION_TTL_S)
+            await pipe.execute()

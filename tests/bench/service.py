@@ -36,7 +36,7 @@ from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from payments.settings import Settings
 from tests.api.processes import server
-from tests.bench import payments
+from tests.bench import fx_payroll, payments
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
@@ -250,7 +250,7 @@ def postgres_processes(database_url: str) -> set[int]:
 
 
 SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql",
-             "payment-accept", "payment-settle", "payment-latency")  # fmt: skip
+             "payment-accept", "payment-settle", "payment-latency", "fx-transfer", "payroll")  # fmt: skip
 
 
 @dataclass
@@ -306,6 +306,10 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return [await settle_backlog(bench, extra_workers) for extra_workers in (0, 1)]
         case "payment-latency":
             return [await settle_latency(bench)]
+        case "fx-transfer":
+            return await fx_transfers(bench)
+        case "payroll":
+            return [await payroll(bench)]
         case "raw-sql":  # through PgBouncer too when the service is: no statement cache there
             async with asyncpg.create_pool(bench.pooled_url or bench.database_url, min_size=bench.pool_size,
                                            max_size=bench.pool_size,
@@ -343,6 +347,35 @@ async def settle_latency(bench: Bench) -> Result:
     result.seconds = bench.seconds + WARMUP_S
     print(f"  payment-latency at {rate:.0f}/s: {payments.summary_ms(result.latencies_s)}",
           file=sys.stderr)  # fmt: skip
+    return result
+
+
+async def fx_transfers(bench: Bench) -> list[Result]:
+    """FX transfers USD -> EUR of 0.01 to random users: the transfer alone, each client using
+    quotes of its own made beforehand; then quote and transfer, both over HTTP, a pair a try."""
+    clients = bench.users[: bench.clients]
+    conn = await asyncpg.connect(bench.database_url)
+    try:
+        targets = await fx_payroll.open_target_accounts(conn, bench.users)
+        quotes = await fx_payroll.make_quotes(conn, clients, fx_payroll.QUOTES_PER_CLIENT)
+    finally:
+        await conn.close()
+    next_for = fx_payroll.premade_transfers(clients, targets, quotes)
+    alone = [over_http(bench.port, next_for(i), status_is(201)) for i in range(len(clients))]
+    result = await drive(Result("fx-transfer", len(clients)), alone, bench.seconds, bench.meter)
+    pairs = [fx_payroll.quote_then_transfer(bench.port, user, targets) for user in clients]
+    both = await drive(Result("fx-quote+transfer", len(clients)), pairs, bench.seconds, bench.meter)
+    return [result, both]
+
+
+async def payroll(bench: Bench) -> Result:
+    """One payroll job of fx_payroll.PAYROLL_ITEMS items, submit to COMPLETED, by run's worker."""
+    elapsed = await fx_payroll.payroll_seconds(bench.port, bench.database_url, bench.merchant)
+    items = fx_payroll.PAYROLL_ITEMS
+    print(f"  payroll: {items} items in {elapsed:.2f} s, {items / elapsed:.0f} items/s",
+          file=sys.stderr)  # fmt: skip
+    result = Result("payroll", 1, elapsed)
+    result.latencies_s = [0.0] * items  # the rate, in items per second
     return result
 
 

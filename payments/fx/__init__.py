@@ -1,0 +1,1 @@
+"""FX: quotes at a locked rate, and the rate source behind them."""

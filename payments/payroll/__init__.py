@@ -1,0 +1,1 @@
+"""Payroll: bulk payments from one account, paid by the worker in batches."""
