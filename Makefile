@@ -63,3 +63,22 @@ fuzz: $(STAMP)
 .PHONY: chaos
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# The API tests with DATABASE_URL through PgBouncer in transaction pooling mode (tests/pgbouncer.py),
+# in front of DATABASE_URL or of an embedded PostgreSQL; needs the pgbouncer binary.
+.PHONY: test-pgbouncer
+test-pgbouncer: $(STAMP)
+	$(BIN)/python -m tests.pgbouncer $(BIN)/pytest tests/api $(PYTEST_ARGS)
+
+# A load test of a deployment with locust (tests/load/locustfile.py), headless, for a short run:
+# make load HOST=https://api.example.com LOAD_USERS=50 LOAD_TIME=2m. The default HOST is a local
+# `make run`. locust is the optional extra `load`, installed here on first use.
+LOAD_USERS ?= 20
+LOAD_SPAWN_RATE ?= 5
+LOAD_TIME ?= 30s
+LOAD_HOST = $(if $(findstring ://,$(HOST)),$(HOST),http://$(or $(HOST),127.0.0.1):$(or $(PORT),8000))
+.PHONY: load
+load: $(STAMP)
+	$(BIN)/python -c 'import locust' 2>/dev/null || $(BIN)/pip install --quiet -e '.[load]'
+	$(BIN)/locust -f tests/load/locustfile.py --headless --host $(LOAD_HOST) \
+		--users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE) --run-time $(LOAD_TIME) --only-summary

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import uvicorn
 
 from payments.admin.create_admin import AdminError, create_admin, read_arguments
 from payments.identity.seed import seed
+from payments.platform import metrics_folder
 from payments.platform.embedded import EmbeddedMissing, servers
 from payments.platform.log import configure_logging
 from payments.platform.migrate import migrate
@@ -27,9 +27,6 @@ from payments.platform.settings import SettingsError
 from payments.settings import Settings
 
 COMMANDS = ("run", "serve", "worker", "migrate", "seed", "create-admin")
-# Named here rather than imported from payments.platform.metrics: importing prometheus_client before the
-# variable is set would put this process's metrics in memory instead of in the shared folder.
-MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 log = structlog.get_logger("payments")
 WORKER_STOP_TIMEOUT_S = 15.0  # the worker's own grace for the batch in hand, and some margin
 
@@ -63,7 +60,7 @@ def metrics_listener(settings: Settings) -> Iterator[None]:
     if settings.metrics_port is None:
         yield
         return
-    # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see MULTIPROCESS_DIR_VARIABLE).
+    # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see metrics_folder).
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
@@ -78,12 +75,21 @@ def metrics_listener(settings: Settings) -> Iterator[None]:
         thread.join()
 
 
-def prepare_metrics_directory(path: Path) -> None:
-    """Every API process writes its metrics here; a new run starts from an empty folder. Set
-    before the app (and prometheus_client) is imported, in this process and the workers."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(path.resolve())
+@contextmanager
+def metrics_directory(parent: Path) -> Iterator[None]:
+    """The Prometheus folder of this instance's processes (see metrics_folder): an operator's
+    PROMETHEUS_MULTIPROC_DIR as given, or one of this instance's own in `parent`, removed when
+    the instance ends. Set before the app (and prometheus_client) is imported."""
+    given = os.environ.get(metrics_folder.VARIABLE)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    folder = metrics_folder.instance_folder(parent)
+    try:
+        yield
+    finally:
+        metrics_folder.remove_own(folder)
 
 
 def exit_on_sigterm(signal_number: int, frame: object) -> None:
@@ -122,33 +128,41 @@ def run_command(command: str, settings: Settings, admin_email: str | None) -> in
         settings = settings.model_copy(
             update={"database_url": database_url, "redis_url": redis_url}
         )
-        asyncio.run(migrate(database_url))
+        # One-off work (a migration may be long, and holds its lock) goes past a pooler when it can.
+        direct_url = settings.database_direct_url or database_url
+        asyncio.run(migrate(direct_url))
         if command in ("run", "seed") and settings.env == "production":
             log.info("seed_skipped", reason="the seed users' passwords are public")
         elif command in ("run", "seed"):
-            asyncio.run(seed(settings, database_url))
+            asyncio.run(seed(settings, direct_url))
         if admin_email is not None:
             try:
-                created = asyncio.run(create_admin(settings, database_url, admin_email))
+                created = asyncio.run(create_admin(settings, direct_url, admin_email))
             except AdminError as error:
                 print(f"payments: {error}", file=sys.stderr)
                 return 2
             print(f"{admin_email} is an admin{' (created)' if created else ''}")
         if command in ("run", "serve"):
-            prepare_metrics_directory(settings.data_dir / "metrics")
             log.info("serving", host=settings.host, port=settings.port, workers=settings.workers,
                      metrics_port=settings.metrics_port)  # fmt: skip
-            with metrics_listener(settings), worker_beside(command == "run"):
+            with metrics_directory(settings.data_dir / "metrics"), metrics_listener(settings), \
+                    worker_beside(command == "run"):  # fmt: skip
                 serve(settings)
         if command == "worker":
-            if not os.environ.get(MULTIPROCESS_DIR_VARIABLE):  # not one started by run
-                prepare_metrics_directory(settings.data_dir / "metrics-worker")
-            # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see MULTIPROCESS_DIR_VARIABLE).
-            from payments.worker import run_worker
+            # A worker started by run joins run's folder (the variable is set); one of its own
+            # has a folder of its own.
+            with metrics_directory(settings.data_dir / "metrics-worker"):
+                return work(settings)
+    return 0
 
-            with metrics_listener(settings):
-                if not asyncio.run(run_worker(settings)):
-                    return 1  # a loop broke: a supervisor starts a sound worker
+
+def work(settings: Settings) -> int:
+    # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see metrics_folder).
+    from payments.worker import run_worker
+
+    with metrics_listener(settings):
+        if not asyncio.run(run_worker(settings)):
+            return 1  # a loop broke: a supervisor starts a sound worker
     return 0
 
 

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from payments.admin import deposits
+from payments.admin import audit_routes, deposits, lookups, stats
+from payments.admin.audit import AuditLog
 from payments.http.admission import AdmissionMiddleware, Admitter
 from payments.http.auth import AuthMiddleware
 from payments.http.errors import METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, problem_response
@@ -30,6 +31,7 @@ from payments.http.request_context import RequestContextMiddleware
 from payments.http.response_cache import ResponseCacheMiddleware
 from payments.http.rules import (
     ADMIN_MONEY,
+    ADMIN_READ,
     KEY_MANAGEMENT,
     MONEY,
     PUBLIC,
@@ -100,6 +102,12 @@ def routes() -> list[RuledRoute]:
         ),
         RuledRoute(f"{API}/payments/{{id}}", GET=(payments.get_payment, READ)),
         RuledRoute(f"{API}/admin/deposits", POST=(deposits.create_deposit, ADMIN_MONEY)),
+        RuledRoute(f"{API}/admin/accounts/{{account_number}}", GET=(lookups.get_account, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/transactions/{{id}}", GET=(lookups.get_transaction, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/audit-logs", GET=(audit_routes.list_audit_events, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/audit-logs/verify", GET=(audit_routes.verify_audit_log, ADMIN_READ)),
+        RuledRoute(f"{API}/queue/stats", GET=(stats.queue_stats, ADMIN_READ)),
+        RuledRoute(f"{API}/cache/stats", GET=(stats.cache_stats, ADMIN_READ)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
         RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),
@@ -152,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
     found = Services(
         settings=settings, tokens=AccessTokens(settings), passwords=Passwords(settings)
     )
+    found.audit = AuditLog(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -162,6 +171,7 @@ def create_app(settings: Settings) -> Starlette:
         assert settings.redis_url is not None
         found.redis_link = RedisLink(settings.redis_url, settings.redis_timeout_s)
         found.admitter = Admitter(found.redis_link)
+        found.audit.start(found.pool)
         housekeeping = [
             asyncio.create_task(sweep_forever(found.pool, settings.idempotency_sweep_interval_s)),
             asyncio.create_task(check_ledger_forever(found.pool, settings.ledger_check_interval_s)),
@@ -182,6 +192,7 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             for task in housekeeping:
                 task.cancel()
+            await found.audit.close()  # what is queued is written before the pool goes
             metrics.process_stopped()
             found.redis_link.close()
             await found.redis.aclose()
@@ -192,7 +203,9 @@ def create_app(settings: Settings) -> Starlette:
     if settings.metrics_port is not None:  # the metrics have a listener of their own
         table = [route for route in table if route.path != "/metrics"]
     middleware = [
-        Middleware(RequestContextMiddleware, routes=RouteTable(table)),  # state, request id, log
+        Middleware(
+            RequestContextMiddleware, routes=RouteTable(table), services=found
+        ),  # state, id, log, admin audit
         Middleware(ProblemMiddleware),  # renders ApiError raised by any layer below
         Middleware(AuthMiddleware, services=found),  # the principal, from the access token
         Middleware(AdmissionMiddleware, services=found),  # the body; the one Redis round trip

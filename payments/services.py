@@ -16,6 +16,7 @@ from payments.platform.redis_link import RedisLink
 from payments.settings import Settings
 
 if TYPE_CHECKING:  # the HTTP layers import this module
+    from payments.admin.audit import AuditLog
     from payments.http.admission import Admitter
 
 
@@ -34,6 +35,7 @@ class Services:
     # The payments queue as last sampled (platform/housekeeping.py), for /ready.
     payment_queue: dict[str, Any] = field(default_factory=dict)
     api_keys: ApiKeyCache = field(init=False)  # the owners of the API keys this process has seen
+    audit: AuditLog = field(init=False)  # the buffered writer of security events (admin/audit.py)
 
     def __post_init__(self) -> None:
         self.api_keys = ApiKeyCache(self.settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
+from payments.admin.settings import AdminSettings
 from payments.http.settings import HttpSettings
 from payments.identity.settings import IdentitySettings
 from payments.money.settings import MoneySettings
@@ -17,7 +18,9 @@ from payments.payments.settings import PaymentSettings
 from payments.platform.settings import Env, PlatformSettings, SettingsError, read_dotenv
 
 
-class Settings(PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings):
+class Settings(
+    PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings, AdminSettings
+):
     """Defaults serve a developer on a fresh machine."""
 
     @property

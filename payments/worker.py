@@ -3,7 +3,9 @@ deliveries later) is an object with claim, settle and release; the loop is the s
 
 WORKER_CONCURRENCY loops per job claim due work with FOR UPDATE SKIP LOCKED under a lease and
 settle it; they wake on the job's LISTEN channel, and look again every WORKER_POLL_INTERVAL as a
-safety net. Any number of worker processes may run, on any hosts. On SIGTERM or Ctrl-C the loops
+safety net. LISTEN needs a session of its own: behind a transaction pooler it takes
+DATABASE_DIRECT_URL, and without one the loops poll alone. Every HEARTBEAT_INTERVAL_S the
+process says it is alive in worker_heartbeat, which /ready reads. Any number of worker processes may run, on any hosts. On SIGTERM or Ctrl-C the loops
 stop claiming, finish the batch in hand (it commits or rolls back, never half) and give back what
 they claimed and did not settle."""
 
@@ -22,11 +24,12 @@ import structlog
 
 from payments.app import connect_redis
 from payments.payments.jobs import PaymentsJob
-from payments.platform.db import DB_ERRORS, UNREACHABLE, create_pool
+from payments.platform.db import DB_ERRORS, UNREACHABLE, Q, create_pool
 from payments.settings import Settings
 
 log = structlog.get_logger(__name__)
-WORKER_APPLICATION_NAME = "payments-worker"  # how /ready counts the workers' connections
+WORKER_APPLICATION_NAME = "payments-worker"  # its connections, in pg_stat_activity
+HEARTBEAT_INTERVAL_S = 5.0  # /ready counts a worker gone after three beats missed (queries.sql)
 RECONNECT_PAUSE_S = 0.5  # after the database went away, before trying again
 BUSY_PAUSE_S = 0.02  # after a batch whose every item was busy elsewhere, before claiming again
 SHUTDOWN_GRACE_S = 10.0  # a batch in hand gets this long to finish on SIGTERM
@@ -61,6 +64,7 @@ class Worker:
             for index in range(self.settings.worker_concurrency)
         ]
         listener = asyncio.create_task(self.listen())
+        heartbeat = asyncio.create_task(self.beat())
         stopping = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([*loops, listener, stopping],
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -69,9 +73,11 @@ class Worker:
             log.error("worker_loop_failed", worker=self.id, error=repr(task.exception()))
         self.stopping.set()
         _, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_S)
-        for task in [*pending, listener]:
+        for task in [*pending, listener, heartbeat]:
             task.cancel()
-        await asyncio.gather(*pending, listener, stopping, return_exceptions=True)
+        await asyncio.gather(*pending, listener, heartbeat, stopping, return_exceptions=True)
+        with contextlib.suppress(*DB_ERRORS):
+            await asyncio.wait_for(self.pool.execute(Q.worker_stopped, self.id), 1.0)
         log.info("worker_stopped", worker=self.id)
         return not failed
 
@@ -111,14 +117,30 @@ class Worker:
                     return False  # the lease gives them to another worker
                 await self.pause(RECONNECT_PAUSE_S)
 
+    async def beat(self) -> None:
+        """This process is alive: its row in worker_heartbeat, every HEARTBEAT_INTERVAL_S."""
+        while not self.stopping.is_set():
+            try:
+                await self.pool.execute(Q.worker_heartbeat, self.id)
+            except DB_ERRORS as error:
+                log.warning("worker_heartbeat_failed", error=type(error).__name__)
+            await self.pause(HEARTBEAT_INTERVAL_S)
+
     async def listen(self) -> None:
         """One connection LISTENs on every job's channel and wakes its loops; when it breaks,
-        the loops keep polling while it reconnects."""
+        the loops keep polling while it reconnects. Through a transaction pooler a LISTEN
+        would be on whichever server connection ran it, and then on nobody's: without a direct
+        URL the loops poll alone."""
+        url = self.settings.session_database_url
+        if url is None:
+            log.info("worker_polling_only", reason="DATABASE_URL is a pooler and "
+                     "DATABASE_DIRECT_URL is unset", interval_s=self.settings.worker_poll_interval_s)  # fmt: skip
+            await self.stopping.wait()  # ending early would count as a broken loop
+            return
         while not self.stopping.is_set():
             try:
                 connection = await asyncpg.connect(
-                    str(self.settings.database_url),
-                    server_settings={"application_name": WORKER_APPLICATION_NAME},
+                    url, server_settings={"application_name": WORKER_APPLICATION_NAME}
                 )
             except (*DB_ERRORS, OSError) as error:
                 log.warning("worker_listen_failed", error=type(error).__name__)

@@ -4,11 +4,16 @@ killed with SIGKILL, Redis restarts empty and PostgreSQL restarts. Then the book
 
 The run has servers of its own (embedded PostgreSQL and Redis in a scratch folder), since it
 restarts them. CHAOS_SECONDS sets the length of the workload (the faults fall at 20%, 45% and
-70% of it), CHAOS_CLIENTS the clients. `pytest -m chaos` runs a short form."""
+70% of it), CHAOS_CLIENTS the clients. CHAOS_HOSTS=2 runs two API instances (`serve`, two
+processes each) on two ports, as two hosts would, over the one PostgreSQL and Redis and started
+in one working directory; the clients are spread over them, the API process killed is one of the
+first's, and after each fault every instance must be ready again. `pytest -m chaos` runs a short
+form."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -73,6 +78,7 @@ class Report:
     reversals: list[Reversal] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)  # what the clients met on the way
     faults: list[tuple[str, float]] = field(default_factory=list)  # fault, seconds until ready
+    answered_by: Counter[str] = field(default_factory=Counter)  # definitive answers, by host
     violations: list[str] = field(default_factory=list)
 
 
@@ -100,6 +106,7 @@ async def client(http: httpx.AsyncClient, users: list[FundedUser], deadline: flo
                 continue
             if response.status_code in (201, 202, 422):
                 transfer.status, transfer.body = response.status_code, response.json()
+                report.answered_by[f"port {http.base_url.port}"] += 1
             else:  # 409 in flight, 429, 503: the same key again, later
                 report.errors[f"HTTP {response.status_code}"] += 1
                 await asyncio.sleep(RETRY_PAUSE_S)
@@ -132,16 +139,20 @@ async def reverse(http: httpx.AsyncClient, recipient: FundedUser, original_id: i
         await asyncio.sleep(RETRY_PAUSE_S)
 
 
-async def until_ready(base_url: str, since: float) -> float:
-    async with httpx.AsyncClient(base_url=base_url, timeout=1) as http:
-        while time.monotonic() - since < READY_TIMEOUT_S:
-            try:
-                if (await http.get("/api/v1/ready")).status_code == 200:
-                    return time.monotonic() - since
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the service did not become ready again")
+async def until_ready(base_urls: str | list[str], since: float) -> float:
+    """Seconds from `since` until every instance answers /ready with 200."""
+    for base_url in [base_urls] if isinstance(base_urls, str) else base_urls:
+        async with httpx.AsyncClient(base_url=base_url, timeout=1) as http:
+            while time.monotonic() - since < READY_TIMEOUT_S:
+                try:
+                    if (await http.get("/api/v1/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the service did not become ready again")
+    return time.monotonic() - since
 
 
 class Worker:
@@ -200,8 +211,10 @@ def client_connections(pid: int, port: int) -> int:
     return len(procfs.tcp_sockets(port, procfs.ESTABLISHED) & procfs.sockets_of(pid))
 
 
-async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisServer,
+async def faults(seconds: float, base_urls: list[str], supervisor: int, redis: RedisServer,
                  postgres: Any, worker: Worker, report: Report) -> None:  # fmt: skip
+    """The faults; the API process killed is one of the first instance's (`supervisor`)."""
+    base_url = base_urls[0]
     await asyncio.sleep(seconds * 0.1)
     started = time.monotonic()
     worker.restart_killed()
@@ -228,7 +241,7 @@ async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisSer
     await asyncio.sleep(0.5)
     redis.start()  # empty: fast copies, in-flight markers, limits and denylist are gone
     report.faults.append(
-        ("Redis restarted, data lost", await until_ready(base_url, time.monotonic()))
+        ("Redis restarted, data lost", await until_ready(base_urls, time.monotonic()))
     )
 
     await asyncio.sleep(seconds * 0.25)
@@ -239,7 +252,7 @@ async def faults(seconds: float, base_url: str, supervisor: int, redis: RedisSer
                "-w", "-m", "fast", "restart"]  # fmt: skip
     await asyncio.to_thread(subprocess.run, command, user=postgres.system_user, check=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)  # fmt: skip
-    report.faults.append(("PostgreSQL restarted", await until_ready(base_url, time.monotonic())))
+    report.faults.append(("PostgreSQL restarted", await until_ready(base_urls, time.monotonic())))
 
 
 async def check_books(database_url: str, report: Report) -> dict[str, int]:
@@ -339,7 +352,7 @@ def reversal_violations(reversals: list[Reversal], reversed_by: dict[int, int]) 
     return violations
 
 
-async def run(seconds: float, clients: int) -> Report:
+async def run(seconds: float, clients: int, hosts: int = 1) -> Report:
     report = Report()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -357,32 +370,42 @@ async def run(seconds: float, clients: int) -> Report:
                 opening_minor=OPENING_MINOR,
             )
             high = "1000000/1m"
-            with server(settings, folder, workers=2, RATE_LIMIT_GLOBAL=high, RATE_LIMIT_TRANSFER=high,
-                        IDEMPOTENCY_LOCK_TTL="3s") as (base_url, process):  # fmt: skip
+            with contextlib.ExitStack() as instances:
+                started = [instances.enter_context(server(
+                    settings, folder, workers=2, RATE_LIMIT_GLOBAL=high, RATE_LIMIT_TRANSFER=high,
+                    IDEMPOTENCY_LOCK_TTL="3s")) for _ in range(hosts)]  # fmt: skip
+                base_urls = [base_url for base_url, _ in started]
                 rng = random.Random(20261121)
                 limits = httpx.Limits(max_connections=clients)
                 worker = Worker(database_url, redis.url, folder)
                 try:
-                    async with httpx.AsyncClient(base_url=base_url, limits=limits) as http:
+                    async with contextlib.AsyncExitStack() as stack:
+                        https = [await stack.enter_async_context(
+                            httpx.AsyncClient(base_url=url, limits=limits)) for url in base_urls]  # fmt: skip
                         deadline = time.monotonic() + seconds
                         await asyncio.gather(
-                            faults(seconds, base_url, process.pid, redis, postgres, worker, report),
-                            *(client(http, users, deadline, random.Random(rng.random()), report)
-                              for _ in range(clients)),
+                            faults(seconds, base_urls, started[0][1].pid, redis, postgres, worker,
+                                   report),
+                            *(client(https[index % hosts], users, deadline,
+                                     random.Random(rng.random()), report)
+                              for index in range(clients)),
                         )  # fmt: skip
                     await drain(database_url, report)
                 finally:
                     worker.stop()
+                report.violations += [f"the instance on {url} answered nothing" for url in base_urls
+                                      if not report.answered_by[f"port {httpx.URL(url).port}"]]  # fmt: skip
             report_counts = await check_books(database_url, report)
-            print_report(report, report_counts, seconds, clients)
+            print_report(report, report_counts, seconds, clients, hosts)
         finally:
             redis.stop()
             stop_postgres(postgres)
     return report
 
 
-def print_report(report: Report, counts: dict[str, int], seconds: float, clients: int) -> None:
-    print(f"\nchaos: {clients} clients, {seconds:.0f} s, {ACCOUNTS} accounts")
+def print_report(report: Report, counts: dict[str, int], seconds: float, clients: int,
+                 hosts: int = 1) -> None:  # fmt: skip
+    print(f"\nchaos: {clients} clients, {seconds:.0f} s, {ACCOUNTS} accounts, {hosts} API host(s)")
     for name, ready_s in report.faults:
         print(f"  {name:<32} ready again after {ready_s:6.2f} s")
     for name, count in sorted(counts.items()):
@@ -392,6 +415,7 @@ def print_report(report: Report, counts: dict[str, int], seconds: float, clients
     )
     print(f"  {'keys without an answer':<32} {unresolved:>8}")
     print(f"  {'client retries, by cause':<32} {dict(report.errors)}")
+    print(f"  {'answers, by host':<32} {dict(report.answered_by)}")
     checks = ["money conserved to the cent", "no negative balance", "ledger sums to zero and matches",
               "every 2xx key applied exactly once", "no 2xx without its commit"]  # fmt: skip
     print("  " + ("VIOLATIONS:\n    " + "\n    ".join(report.violations) if report.violations
@@ -401,7 +425,8 @@ def print_report(report: Report, counts: dict[str, int], seconds: float, clients
 def main() -> int:
     seconds = float(os.environ.get("CHAOS_SECONDS", "60"))
     clients = int(os.environ.get("CHAOS_CLIENTS", "32"))
-    report = asyncio.run(run(seconds, clients))
+    hosts = int(os.environ.get("CHAOS_HOSTS", "1"))
+    report = asyncio.run(run(seconds, clients, hosts))
     return 1 if report.violations else 0
 
 

@@ -34,16 +34,22 @@ def server_urls() -> Iterator[tuple[str, str]]:
         yield urls
 
 
+def direct_url(server_urls: tuple[str, str]) -> str:
+    """PostgreSQL itself: DATABASE_DIRECT_URL when DATABASE_URL is a pooler (make test-pgbouncer)."""
+    return os.environ.get("DATABASE_DIRECT_URL") or server_urls[0]
+
+
 @pytest.fixture(scope="session")
 async def database_url(server_urls: tuple[str, str]) -> str:
-    """A fresh database built from sql/ for this run."""
-    admin = await asyncpg.connect(server_urls[0])
+    """A fresh database built from sql/ for this run, on PostgreSQL itself: the tests' own
+    connections behind the service's back go here, never through a pooler."""
+    admin = await asyncpg.connect(direct_url(server_urls))
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
         await admin.execute(f"CREATE DATABASE {TEST_DATABASE}")
     finally:
         await admin.close()
-    url = with_database(server_urls[0], TEST_DATABASE)
+    url = with_database(direct_url(server_urls), TEST_DATABASE)
     await migrate(url)
     return url
 
@@ -74,8 +80,13 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str) -> Settings:
-    return make_settings(database_url, redis_url)
+def settings(database_url: str, redis_url: str, server_urls: tuple[str, str]) -> Settings:
+    """The service's settings: through the pooler when DATABASE_POOLER says DATABASE_URL is one."""
+    if os.environ.get("DATABASE_POOLER") != "transaction":
+        return make_settings(database_url, redis_url)
+    pooled = with_database(server_urls[0], TEST_DATABASE)
+    return make_settings(pooled, redis_url, database_pooler="transaction",
+                         database_direct_url=database_url)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def read_password() -> str:
 async def create_admin(settings: Settings, database_url: str, email: str) -> bool:
     """Make `email` an admin; True when the user was created for it. An existing user keeps its
     password. The grant is written to the audit log in the same statement."""
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(database_url, statement_cache_size=0)  # a pooler may be between
     passwords = Passwords(settings)
     try:
         created = False

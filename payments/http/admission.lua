@@ -56,6 +56,18 @@ for i, tier in ipairs(TIERS) do
   TIER_STATES[#TIER_STATES + 1] = math.ceil(next_ms)
 end
 
+-- The audit log records a refusal at most once a minute per principal (this request's tag) and
+-- tier: the refused tier's field in K.refusal_audit holds until when it was last recorded.
+if R.denied ~= 0 then
+  local field = TIERS[R.denied].key
+  local recorded_until = tonumber(redis.call('HGET', K.refusal_audit, field) or '0')
+  if recorded_until <= now then
+    redis.call('HSET', K.refusal_audit, field, now + tonumber(A.refusal_audit_ms))
+    redis.call('PEXPIRE', K.refusal_audit, A.refusal_audit_ms)
+    R.audit_refusal = 1
+  end
+end
+
 if R.denied == 0 and R.idempotency == 'new' then
   redis.call('HSET', K.idempotency, 'fingerprint', A.fingerprint)
   redis.call('PEXPIRE', K.idempotency, A.in_flight_ttl_ms)

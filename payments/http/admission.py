@@ -21,7 +21,7 @@ from payments.http import auth, idempotency, rate_limit, response_cache
 from payments.http.body import read_request_body, replay
 from payments.http.errors import ApiError
 from payments.http.state import RequestState, state_of
-from payments.platform import metrics
+from payments.platform import metrics, redis_keys
 from payments.platform.redis_link import REDIS_ERRORS, RedisLink, Script
 from payments.services import Services
 
@@ -36,6 +36,7 @@ KEY_NAMES = (
     "idempotency",
     "cache_version",
     "cache_entry",
+    "refusal_audit",
 )  # fmt: skip  (then one key per tier)
 ARGUMENT_NAMES = (
     "check_denylist",
@@ -43,6 +44,7 @@ ARGUMENT_NAMES = (
     "fingerprint",
     "in_flight_ttl_ms",
     "read_cache",
+    "refusal_audit_ms",
 )  # fmt: skip  (then interval_ms, period_ms, new_only per tier)
 REPLY_DEFAULTS = {
     "verdict": "'ok'",
@@ -53,9 +55,12 @@ REPLY_DEFAULTS = {
     "retry_ms": "0",
     "cache_version": "''",
     "cached_body": "''",
+    "audit_refusal": "0",
 }  # fmt: skip  (then remaining, next_ms per tier)
 REPLY_NAMES = tuple(REPLY_DEFAULTS)
 TIER_FIELDS = ("interval_ms", "period_ms", "new_only")
+# A 429 storm must not become an audit-log storm: one row per principal and tier this often.
+REFUSAL_AUDIT_INTERVAL_MS = 60_000
 
 
 def script_text() -> str:
@@ -119,6 +124,7 @@ class Admission:
     tiers: list[rate_limit.TierState] = field(default_factory=list)
     cache_version: str | None = None
     cached_body: bytes | None = None
+    audit_refusal: bool = False  # the refusal is the first of its principal and tier this minute
 
 
 def unreachable(plan: Plan) -> Admission:
@@ -146,6 +152,7 @@ class Admitter:
             "idempotency": plan.idempotency_key or unused,
             "cache_version": (plan.cache_keys or (unused, unused))[0],
             "cache_entry": (plan.cache_keys or (unused, unused))[1],
+            "refusal_audit": redis_keys.refusal_audit(plan.tag),
         }
         named_arguments: dict[str, Any] = {
             "check_denylist": "1" if plan.denylist_keys else "0",
@@ -153,6 +160,7 @@ class Admitter:
             "fingerprint": plan.fingerprint,
             "in_flight_ttl_ms": plan.in_flight_ttl_ms,
             "read_cache": "1" if plan.cache_keys else "0",
+            "refusal_audit_ms": REFUSAL_AUDIT_INTERVAL_MS,
         }
         keys = [named_keys[name] for name in KEY_NAMES] + [tier.key for tier in plan.tiers]
         arguments = [named_arguments[name] for name in ARGUMENT_NAMES]
@@ -180,6 +188,7 @@ def parse_reply(plan: Plan, reply: list[Any]) -> Admission:
         stored_body=named["stored_body"] or b"",
         cache_version=named["cache_version"].decode() if named["cache_version"] else None,
         cached_body=named["cached_body"] or None,
+        audit_refusal=int(named["audit_refusal"]) == 1,
     )
     tier_values = reply[len(REPLY_NAMES) :]
     admission.tiers, admission.denied, admission.retry_after_s = rate_limit.read_tiers(

@@ -144,9 +144,9 @@ class RateLimitMiddleware:
         state = state_of(scope)
         admission = state.admitted()
         tiers = list(admission.tiers)
-        refusal = self.refusal(state, admission)
+        refusal = self.refusal(scope, state, admission)
         if refusal is None and "login" in state.rules.tiers:
-            refusal = await self.spend_login_tier(state, tiers)
+            refusal = await self.spend_login_tier(scope, state, tiers)
         headers = budget_headers(tiers)
         started = False
 
@@ -169,7 +169,7 @@ class RateLimitMiddleware:
                 raise
             await problem_response(problem)(scope, receive, send_with_budget)
 
-    def refusal(self, state: RequestState, admission: Admission) -> ApiError | None:
+    def refusal(self, scope: Scope, state: RequestState, admission: Admission) -> ApiError | None:
         """429 for a spent tier, 503 when Redis cannot decide a strict tier, else the refusal an
         outer layer decided; the allowed tiers are counted."""
         if not admission.redis_up and STRICT_TIERS.intersection(state.rules.tiers):
@@ -177,21 +177,33 @@ class RateLimitMiddleware:
                 UNAVAILABLE, "sign-in is unavailable for a moment", headers={"Retry-After": "1"}
             )
         if admission.denied is not None:
-            return self.refused(state, admission.denied, admission.retry_after_s)
+            return self.refused(scope, state, admission)
         for tier in admission.tiers:
             metrics.RATE_LIMIT_DECISIONS.labels(tier=tier.name, decision="allowed").inc()
         return state.refusal
 
-    def refused(self, state: RequestState, denied: TierState, retry_after_s: int) -> ApiError:
+    def refused(self, scope: Scope, state: RequestState, admission: Admission) -> ApiError:
+        """429 for the tier that refused. The first refusal of a principal and tier in a minute
+        (Redis said so in the same round trip) is queued for the audit log; the others are not,
+        so that a storm of 429s stays one row a minute."""
+        denied = admission.denied
+        assert denied is not None
         state.rate_limit_tier = denied.name
         metrics.RATE_LIMIT_DECISIONS.labels(tier=denied.name, decision="refused").inc()
+        if admission.audit_refusal:
+            principal = state.principal
+            self.services.audit.record(
+                "rate_limit.refused", actor_id=principal.user_id if principal else None,
+                target=state.route, ip=client_address(scope), request_id=state.request_id,
+                details={"tier": denied.name, "method": scope["method"]},
+            )  # fmt: skip
         return ApiError(
             RATE_LIMITED, f"the {denied.name} limit is spent; retry later",
-            headers={"Retry-After": str(retry_after_s)}, tier=denied.name,
+            headers={"Retry-After": str(admission.retry_after_s)}, tier=denied.name,
         )  # fmt: skip
 
     async def spend_login_tier(
-        self, state: RequestState, tiers: list[TierState]
+        self, scope: Scope, state: RequestState, tiers: list[TierState]
     ) -> ApiError | None:
         """The per-account login tier: a second round trip, on login only (its key lives in the
         account's hash slot, not the address's). Its state joins the budget headers."""
@@ -206,6 +218,6 @@ class RateLimitMiddleware:
             )
         tiers.extend(admission.tiers)
         if admission.denied is not None:
-            return self.refused(state, admission.denied, admission.retry_after_s)
+            return self.refused(scope, state, admission)
         metrics.RATE_LIMIT_DECISIONS.labels(tier="login", decision="allowed").inc()
         return None

@@ -1,4 +1,5 @@
-"""Request id, log context, and the one canonical log line per request."""
+"""Request id, log context, the one canonical log line per request, and the audit row of every
+request to an admin route (method, path, status), once its status is known."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from payments.admin.audit import origin
 from payments.http.rules import API_PREFIX, RouteTable
 from payments.http.state import STATE_KEY, RequestState
 from payments.platform import metrics
+from payments.services import Services
 
 log = structlog.get_logger("payments.request")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a client's X-Request-ID, if it is sane
@@ -22,9 +25,12 @@ class RequestContextMiddleware:
     """Finds the request's route and rules, starts its request state, binds request_id for every
     log line of the request and writes `request_finished`."""
 
-    def __init__(self, app: ASGIApp, *, routes: RouteTable) -> None:
+    def __init__(
+        self, app: ASGIApp, *, routes: RouteTable, services: Services | None = None
+    ) -> None:
         self.app = app
         self.routes = routes
+        self.services = services  # for the audit log; None where no route is an admin's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,3 +75,16 @@ class RequestContextMiddleware:
                 idempotency=state.idempotency_outcome,
                 rate_limit_tier=state.rate_limit_tier,
             )
+            if rules.admin and principal is not None and self.services is not None:
+                self.audit_admin_request(scope, state, status)
+
+    def audit_admin_request(self, scope: Scope, state: RequestState, status: int) -> None:
+        """Every request an authenticated caller makes to an admin route, a non-admin's 403 too:
+        queued for the buffered writer, so it costs the request no database round trip."""
+        assert self.services is not None
+        assert state.principal is not None
+        self.services.audit.record(
+            "admin.request", actor_id=state.principal.user_id, target=state.route,
+            details={"method": scope["method"], "path": scope["path"], "status": status},
+            **origin(scope),
+        )  # fmt: skip

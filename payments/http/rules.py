@@ -36,6 +36,7 @@ READ = Rules()  # an authenticated GET, counted against the global tier
 WRITE = Rules(idempotency="accepted")  # an authenticated POST that moves no money
 MONEY = Rules(tiers=("transfer",), idempotency="required")  # every POST that moves money
 ADMIN_MONEY = Rules(tiers=("transfer",), idempotency="required", admin=True)  # deposits
+ADMIN_READ = Rules(admin=True)  # an admin's GET: any account, the audit log, the queues
 # Managing API keys takes a person's access token: a key cannot make, list or revoke keys. No
 # Idempotency-Key either: a stored answer would keep a new key where only its hash may be.
 KEY_MANAGEMENT = Rules(api_key=False)

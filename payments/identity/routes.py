@@ -9,6 +9,7 @@ from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
+from payments.admin.audit import origin
 from payments.http.body import RequestModel, validate_body
 from payments.http.errors import EMAIL_TAKEN, INVALID_CREDENTIALS, ApiError
 from payments.http.rate_limit import client_address
@@ -75,12 +76,20 @@ async def login(request: Request) -> Response:
     if not await found.passwords.verify(
         stored_hash, command.password, client=client_address(request.scope)
     ):
+        # The account tried, when there is one: never the email typed, which may be a password.
+        found.audit.record(
+            "auth.login_failed", actor_id=None, target=str(user["id"]) if user else None,
+            details={"reason": "wrong_password" if user else "unknown_email"},
+            **origin(request.scope),
+        )  # fmt: skip
         raise ApiError(INVALID_CREDENTIALS, "the email or the password is wrong")
     assert user is not None
 
     async with found.pool.acquire() as conn:
         tokens = await sessions.start(found, conn, user_id=user["id"], role=user["role"])
         account = await conn.fetchval(Q.first_account_body, user["id"])
+    found.audit.record("auth.login", actor_id=user["id"], target=str(user["id"]),
+                       **origin(request.scope))  # fmt: skip
     # Redis learns this user's revocations now, so the session's first request needs no fallback.
     await sessions.restore_denylist(found, user["id"])
     if found.passwords.needs_rehash(user["password_hash"]):
@@ -95,10 +104,16 @@ async def login(request: Request) -> Response:
 async def refresh(request: Request) -> Response:
     found = services(request)
     command = validate_body(RefreshIn, body_of(request))
-    return json_response(200, await sessions.rotate(found, command.refresh_token))
+    return json_response(
+        200, await sessions.rotate(found, command.refresh_token, **origin(request.scope))
+    )
 
 
 async def logout(request: Request) -> Response:
+    found = services(request)
     command = validate_body(LogoutIn, body_of(request) or {})
-    await sessions.end(services(request), principal_of(request), command.refresh_token)
+    principal = principal_of(request)
+    await sessions.end(found, principal, command.refresh_token)
+    found.audit.record("auth.logout", actor_id=principal.user_id, target=str(principal.user_id),
+                       **origin(request.scope))  # fmt: skip
     return Response(status_code=204)

@@ -20,7 +20,7 @@ SEED_USERS = (
 
 async def seed(settings: Settings, database_url: str) -> None:
     passwords = Passwords(settings)
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(database_url, statement_cache_size=0)  # a pooler may be between
     try:
         for email, full_name, password, currency, opening in SEED_USERS:
             if await conn.fetchrow(Q.user_by_email, email) is not None:

@@ -3,6 +3,7 @@ detection, revoking, and checking an access token or an API key against the revo
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -47,9 +48,10 @@ async def start(
     )
 
 
-async def rotate(services: Services, presented: str) -> dict[str, Any]:
+async def rotate(services: Services, presented: str, *, ip: str, request_id: str) -> dict[str, Any]:
     """Trade a refresh token for a new pair. Each token works once: presenting a used one means it
-    was stolen or replayed, so the whole family is revoked (and its access tokens refused)."""
+    was stolen or replayed, so the whole family is revoked (and its access tokens refused), and
+    the audit log says so in the same transaction (never the token: the session's id)."""
     async with services.pool.acquire() as conn:
         async with conn.transaction():
             row = await conn.fetchrow(Q.lock_refresh_token, refresh_token_hash(presented))
@@ -57,6 +59,10 @@ async def rotate(services: Services, presented: str) -> dict[str, Any]:
                 raise ApiError(INVALID_TOKEN, "the refresh token is unknown or expired")
             if row["used"] or row["revoked"]:
                 await conn.execute(Q.revoke_token_family, row["family_id"])
+                await conn.execute(
+                    Q.audit_event, row["user_id"], "auth.refresh_reused", str(row["family_id"]),
+                    ip, request_id, json.dumps({"session_revoked": not row["revoked"]}),
+                )  # fmt: skip
                 reused = True
             else:
                 reused = False

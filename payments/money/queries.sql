@@ -12,7 +12,7 @@ SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amoun
 -- name: reverse_transfer
 SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
        body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
-  FROM reverse_transfer_v1($1, $2, $3, $4, $5, $6);
+  FROM reverse_transfer_v2($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: deposit
 SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,

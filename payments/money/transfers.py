@@ -13,6 +13,7 @@ from payments.http.body import RequestModel, validate_body
 from payments.http.errors import NOT_FOUND, ApiError
 from payments.http.idempotency import IdempotencyKey, answer_response
 from payments.http.pagination import keyset_page
+from payments.http.rate_limit import client_address
 from payments.http.responses import body_of, path_id, principal_of
 from payments.http.state import state_of
 from payments.money.amounts import (
@@ -110,7 +111,8 @@ async def reverse_transfer(request: Request) -> Response:
     key = idempotency_key_of(request)
     row = await db.run(found.settings, lambda: found.pool.fetchrow(
         Q.reverse_transfer, principal.user_id, principal.is_admin, key.key, key.fingerprint,
-        found.settings.idempotency_ttl_s, transfer_id,
+        found.settings.idempotency_ttl_s, transfer_id, client_address(request.scope),
+        state_of(request.scope).request_id,
     ))  # fmt: skip
     record_outcome(row)
     return answer_response(request.scope, row)

@@ -22,7 +22,7 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """200 when PostgreSQL and Redis both answer, else 503 naming the one that does not. The
-    payments queue and whether a worker is connected are reported too, as last sampled (every
+    payments queue and whether a worker is alive (its heartbeat) are reported too, as last sampled (every
     few seconds, so that a call costs no more than its two pings): the API accepts payments
     without a worker (they wait for one), so a missing worker does not make it unready."""
     found = services(request)
@@ -40,7 +40,7 @@ async def ready(request: Request) -> Response:
     ))  # fmt: skip
     queue = dict(found.payment_queue)
     if queue:
-        components["worker"] = "ok" if queue.pop("worker_connections") else "absent"
+        components["worker"] = "ok" if queue.pop("workers_alive") else "absent"
     down = ", ".join(name for name in ("postgres", "redis") if components[name] != "ok")
     if down:
         return problem_response(

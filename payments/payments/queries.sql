@@ -33,12 +33,21 @@ SELECT release_payments_v1($1, $2);
 
 -- name: payment_queue
 -- Queue depth by state, how long the oldest pending payment has waited (the partial index holds
--- only payments not yet final), and the workers' connections to this database.
+-- only payments not yet final), and the workers whose heartbeat is fresh (three beats missed:
+-- gone; payments.worker.HEARTBEAT_INTERVAL_S is 5 s).
 SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
        count(*) FILTER (WHERE status = 'PROCESSING') AS processing,
        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'PENDING')), 0)
            ::double precision AS oldest_pending_age_s,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE application_name = 'payments-worker' AND datname = current_database())
-           AS worker_connections
+       (SELECT count(*) FROM worker_heartbeat WHERE seen_at > now() - interval '15 seconds')
+           AS workers_alive
   FROM payment WHERE status IN ('PENDING', 'PROCESSING');
+
+-- name: worker_heartbeat
+-- This worker is alive; the rows of workers gone for an hour (killed, never removed) are dropped.
+WITH gone AS (DELETE FROM worker_heartbeat WHERE seen_at < now() - interval '1 hour')
+INSERT INTO worker_heartbeat (worker, seen_at) VALUES ($1, now())
+    ON CONFLICT (worker) DO UPDATE SET seen_at = excluded.seen_at;
+
+-- name: worker_stopped
+DELETE FROM worker_heartbeat WHERE worker = $1;

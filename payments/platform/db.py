@@ -66,6 +66,23 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
         return super().acquire(timeout=timeout or self.acquire_timeout_s)
 
 
+def server_settings(settings: Settings, application_name: str) -> dict[str, str]:
+    """Session settings sent when a connection opens. A transaction pooler (PgBouncer 1.18)
+    refuses any but a few of them, and would not carry them to the server connection that runs
+    the next transaction anyway: behind one, the timeouts are the role's (ALTER ROLE ... SET, see
+    docs/scaling.md) and only the application name is sent."""
+    if settings.database_pooler == "transaction":
+        return {"application_name": application_name}
+    return {
+        "application_name": application_name,
+        # A statement that outlives the command timeout is cancelled server-side, and a row
+        # lock waited for longer than the lock timeout is given up (503, Retry-After).
+        "statement_timeout": str(int(settings.db_command_timeout_s * 1000)),
+        "lock_timeout": str(int(settings.db_lock_timeout_s * 1000)),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+
+
 async def create_pool(
     settings: Settings,
     database_url: str,
@@ -88,14 +105,8 @@ async def create_pool(
         record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout_s,
         reset=_keep_session,
-        server_settings={
-            "application_name": application_name,
-            # A statement that outlives the command timeout is cancelled server-side, and a row
-            # lock waited for longer than the lock timeout is given up (503, Retry-After).
-            "statement_timeout": str(int(settings.db_command_timeout_s * 1000)),
-            "lock_timeout": str(int(settings.db_lock_timeout_s * 1000)),
-            "idle_in_transaction_session_timeout": "60000",
-        },
+        statement_cache_size=settings.statement_cache_size,
+        server_settings=server_settings(settings, application_name),
     )
     await pool
     return pool

@@ -73,7 +73,7 @@ async def sample_pool_forever(pool: asyncpg.Pool, interval_s: float) -> None:
 
 
 async def sample_payment_queue(pool: asyncpg.Pool, latest: dict[str, Any]) -> None:
-    """Payments waiting and in hand, the oldest one's wait and the workers' connections, into
+    """Payments waiting and in hand, the oldest one's wait and the workers alive (heartbeats), into
     `latest` (what /ready reports, so that it costs no query) and the payments_payment_* gauges
     (every API process samples the same queue; the gauges show the most recent sample of a live
     process)."""

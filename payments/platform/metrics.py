@@ -99,23 +99,49 @@ LEDGER_INVARIANT_VIOLATIONS = Counter(
     "found by the periodic check. Must stay 0.",
 )
 
+AUDIT_EVENTS_WRITTEN = Counter(
+    "payments_audit_events_written_total",
+    "Audit events written by the buffered writer (logins, logouts, 429s, admin requests).",
+)
+AUDIT_EVENTS_DROPPED = Counter(
+    "payments_audit_events_dropped_total",
+    "Audit events the buffered writer dropped, by reason (queue_full, db_error). Should stay 0.",
+    ["reason"],
+)
+
 
 # labels() validates and converts its arguments and takes a lock each call, to find a child that
 # never changes for the same labels (and our label values come from closed sets): remembered.
 for _metric in (HTTP_REQUESTS, HTTP_DURATION, TRANSFERS, AMOUNT_MOVED, RATE_LIMIT_DECISIONS,
                 IDEMPOTENCY_OUTCOMES, CACHE_LOOKUPS, REDIS_FALLBACKS, DB_POOL_CONNECTIONS,
-                PAYMENTS_SETTLED, PAYMENT_QUEUE):  # fmt: skip
+                PAYMENTS_SETTLED, PAYMENT_QUEUE, AUDIT_EVENTS_DROPPED):  # fmt: skip
     _metric.labels = functools.lru_cache(maxsize=1024)(_metric.labels)  # type: ignore[method-assign, assignment]
+
+
+def current_registry() -> CollectorRegistry:
+    """This process's metrics, or every process's in multiprocess mode (read from their files)."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
 
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format: this process's metrics, or every process's in multiprocess mode."""
-    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        registry = REGISTRY
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(current_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def counter_totals(sample_name: str, label: str) -> dict[str, float]:
+    """A counter's totals by the value of one of its labels, over every process (as /metrics
+    would report them): `counter_totals("payments_cache_lookups_total", "result")`."""
+    totals: dict[str, float] = {}
+    for family in current_registry().collect():
+        for sample in family.samples:
+            if sample.name == sample_name:
+                value = sample.labels.get(label, "")
+                totals[value] = totals.get(value, 0.0) + sample.value
+    return totals
 
 
 def process_stopped() -> None:

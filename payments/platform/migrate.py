@@ -44,34 +44,41 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 async def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply what is missing under an advisory lock, one transaction per file; return their names."""
-    conn = await asyncpg.connect(database_url)
+    """Apply what is missing, one transaction per file; return their names.
+
+    Each transaction takes a transaction-level advisory lock and looks again at what is applied,
+    so two processes migrating at once queue instead of racing; nothing rests on the session, so
+    this is safe through a transaction pooler too (a session lock taken through PgBouncer stays
+    on whichever server connection ran it). DATABASE_DIRECT_URL is still the place for it: a
+    long migration holds a pooled connection otherwise."""
+    # No prepared statement outlives its transaction behind a pooler; a few queries need no cache.
+    conn = await asyncpg.connect(database_url, statement_cache_size=0)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-        try:
-            return await _apply_missing(conn, load_migrations(sql_dir))
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        return await _apply_missing(conn, load_migrations(sql_dir))
     finally:
         await conn.close()
 
 
 async def _apply_missing(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migration (
-               name        text        PRIMARY KEY,
-               checksum    text        NOT NULL CHECK (checksum ~ '^[0-9a-f]{64}$'),
-               applied_at  timestamptz NOT NULL DEFAULT now())"""
-    )
-    applied = {row["name"]: row["checksum"] for row in await conn.fetch(
-        "SELECT name, checksum FROM schema_migration")}  # fmt: skip
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migration (
+                   name        text        PRIMARY KEY,
+                   checksum    text        NOT NULL CHECK (checksum ~ '^[0-9a-f]{64}$'),
+                   applied_at  timestamptz NOT NULL DEFAULT now())"""
+        )
     done = []
     for migration in migrations:
-        if migration.name in applied:
-            if applied[migration.name] != migration.checksum:
-                raise MigrationError(f"{migration.name} changed after it was applied")
-            continue
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            applied = await conn.fetchval(
+                "SELECT checksum FROM schema_migration WHERE name = $1", migration.name
+            )
+            if applied is not None:
+                if applied != migration.checksum:
+                    raise MigrationError(f"{migration.name} changed after it was applied")
+                continue
             await conn.execute(migration.sql)
             await conn.execute(
                 "INSERT INTO schema_migration (name, checksum) VALUES ($1, $2)",

@@ -41,6 +41,12 @@ def rate_limit(tag: str, tier: str) -> str:
     return f"payments:{tag}:rate:{tier}"
 
 
+def refusal_audit(tag: str) -> str:
+    """Per rate-limit tier (a field each), until when this user's or address's last 429 of that
+    tier stands for the others in the audit log."""
+    return f"payments:{tag}:refusal-audit"
+
+
 def idempotency(user_id: int, key: str) -> str:
     """The fast copy of a key's answer, or its in-flight marker. The client's key is hashed: it
     may hold any printable character and up to 255 of them."""

@@ -113,6 +113,20 @@ class PlatformSettings(Section):
     redis_url: Annotated[str | None, Env("REDIS_URL"), Field(pattern=r"^(rediss?|unix)://")] = (
         None  # None: embedded
     )
+    # DATABASE_URL through a pooler in transaction mode (PgBouncer): each transaction may run on
+    # another server connection, so nothing may rest on the session (docs/scaling.md).
+    database_pooler: Annotated[Literal["none", "transaction"], Env("DATABASE_POOLER")] = "none"
+    # A connection straight to PostgreSQL, for what needs a session of its own: migrations (their
+    # lock), the worker's LISTEN. None: DATABASE_URL, or, behind a pooler, the worker polls.
+    database_direct_url: Annotated[
+        str | None, Env("DATABASE_DIRECT_URL"), Field(pattern=r"^postgres(ql)?://")
+    ] = None
+    # asyncpg's prepared statements kept per connection. None: 100 (asyncpg's default), 0 behind
+    # a transaction pooler, which before PgBouncer 1.21 keeps no prepared statement between
+    # transactions; with 1.21+ and its max_prepared_statements set, a cache may be turned on.
+    database_statement_cache: Annotated[
+        int | None, Env("DATABASE_STATEMENT_CACHE"), Field(ge=0, le=10_000)
+    ] = None
     host: Annotated[str, Env("HOST"), Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Env("PORT"), Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Env("WORKERS"), Field(ge=1, le=64)] = 1
@@ -153,6 +167,20 @@ class PlatformSettings(Section):
         for item in items:
             ipaddress.ip_network(item)  # a ValueError: an address or network it is not
         return ",".join(items)
+
+    @property
+    def statement_cache_size(self) -> int:
+        if self.database_statement_cache is not None:
+            return self.database_statement_cache
+        return 0 if self.database_pooler == "transaction" else 100
+
+    @property
+    def session_database_url(self) -> str | None:
+        """Where a session of our own (a lock held across transactions, LISTEN) may live: the
+        direct URL, or DATABASE_URL when it is not a pooler; None when there is no such place."""
+        if self.database_direct_url:
+            return self.database_direct_url
+        return self.database_url if self.database_pooler == "none" else None
 
     @model_validator(mode="after")
     def check_ports(self) -> PlatformSettings:

@@ -31,7 +31,9 @@ def server(
         "DATABASE_URL": str(settings.database_url), "REDIS_URL": str(settings.redis_url),
         "JWT_SECRET": settings.jwt_secret.get_secret_value(), "DATA_DIR": str(data_dir),
         "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
-        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m", **variables,
+        "RATE_LIMIT_GLOBAL": "30/1m", "RATE_LIMIT_TRANSFER": "1000/1m",
+        "DATABASE_POOLER": settings.database_pooler,
+        "DATABASE_DIRECT_URL": settings.database_direct_url or "", **variables,
     }  # fmt: skip
     log = (data_dir / "server.log").open("ab")  # read it when a test fails
     process = subprocess.Popen([sys.executable, "-m", "payments", command], env=environment, cwd=data_dir,
@@ -62,7 +64,8 @@ def start_worker(database_url: str, redis_url: str, data_dir: Path,
     environment = {
         **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
         "DATA_DIR": str(data_dir), "LOG_LEVEL": "warning", "PAYMENT_LEASE": "1s",
-        "WORKER_POLL_INTERVAL": "100ms", **variables,
+        "WORKER_POLL_INTERVAL": "100ms", "DATABASE_DIRECT_URL": "", "DATABASE_POOLER": "none",
+        **variables,
     }  # fmt: skip
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = (data_dir / "worker.log").open("ab")  # read it when a test fails

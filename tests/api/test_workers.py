@@ -70,7 +70,7 @@ async def test_metrics_add_up_both_processes(
         and sample.labels == {"method": "GET", "route": "/api/v1/accounts", "status_class": "2xx"}
     )
     assert counted == 24
-    assert len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2, (
+    assert len(list((tmp_path / "metrics").glob("*/counter_*.db"))) >= 2, (
         "each process keeps its own file"
     )
 

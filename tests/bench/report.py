@@ -58,6 +58,9 @@ def print_table(summaries: list[dict[str, Any]], checked: list[dict[str, Any]]) 
               + (str(s["errors"]) if s["errors"] else ""))  # fmt: skip
     print(f"\nCPU per request, µs, by process (all share the machine's {os.cpu_count()} cores)")
     groups = ["api", "postgres", "redis", "client"]
+    groups += sorted(
+        {g for s in summaries for g in s["cpu_us_per_request"]} - set(groups)
+    )  # pgbouncer
     print(f"{'scenario':<22}" + "".join(f"{g:>10}" for g in groups) + f"{'total':>10}")
     for s in summaries:
         cpu = s["cpu_us_per_request"]

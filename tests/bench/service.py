@@ -4,7 +4,8 @@ Starts embedded PostgreSQL and Redis in `.data/bench`, opens 1,000 funded accoun
 then starts the service as `make run` does (`python -m payments run`) with rate limits raised out
 of the way, and drives each scenario with BENCH_CLIENTS keep-alive clients (32) for BENCH_SECONDS
 (15) after a short warm-up. Prints one table, and writes `bench-results/bench.json` and
-`bench-results/bench.png`. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those; BENCH_BACKLOG and
+`bench-results/bench.png`. BENCH_PGBOUNCER=1 puts PgBouncer (transaction pooling,
+tests/pgbouncer.py) between the service (and raw-sql) and PostgreSQL. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those; BENCH_BACKLOG and
 BENCH_WORKER_CONCURRENCY size the payment-settle scenario.
 
 raw-sql is the service's own transfer statement sent with asyncpg from here, no HTTP: the floor
@@ -13,6 +14,7 @@ the transfer scenario is measured against. After the money scenarios the books a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -39,6 +41,7 @@ from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
 from tests.books import book_violations
 from tests.conftest import make_settings
+from tests.pgbouncer import pgbouncer
 from tests.population import FundedUser, open_funded_users
 from tests.procfs import listening_on, process_tree
 
@@ -262,6 +265,7 @@ class Bench:
     supervisor: int  # the `run` process: the API's processes and the worker beside them
     data_dir: Path
     redis_url: str
+    pooled_url: str | None = None  # the service's DATABASE_URL, when PgBouncer is in between
     accept_rate: float = 0.0  # payments accepted per second, once payment-accept measured it
 
 
@@ -300,9 +304,10 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return [await settle_backlog(bench, extra_workers) for extra_workers in (0, 1)]
         case "payment-latency":
             return [await settle_latency(bench)]
-        case "raw-sql":
-            async with asyncpg.create_pool(bench.database_url, min_size=bench.pool_size,
-                                           max_size=bench.pool_size) as pool:  # fmt: skip
+        case "raw-sql":  # through PgBouncer too when the service is: no statement cache there
+            async with asyncpg.create_pool(bench.pooled_url or bench.database_url, min_size=bench.pool_size,
+                                           max_size=bench.pool_size,
+                                           statement_cache_size=0 if bench.pooled_url else 100) as pool:  # fmt: skip
                 attempts = raw_sql(pool, users, clients, bench.key_ttl_s)
                 return [await drive(Result(name, clients), attempts, seconds, meter)]
     raise SystemExit(f"no scenario {name!r}: choose from {', '.join(SCENARIOS)}")
@@ -352,13 +357,23 @@ def paced(attempt: Attempt, interval_s: float) -> Attempt:
     return attempt_on_time
 
 
-async def run(names: list[str], seconds: float, clients: int, workers: int, out: Path) -> None:
+async def run(names: list[str], seconds: float, clients: int, workers: int, out: Path,
+              pooled: bool = False) -> None:  # fmt: skip
     data_dir = ROOT / ".data" / "bench"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    with servers(data_dir, database_url=None, redis_url=None) as (database_url, redis_url):
+    with contextlib.ExitStack() as stack:
+        database_url, redis_url = stack.enter_context(
+            servers(data_dir, database_url=None, redis_url=None)
+        )
         await migrate(database_url)
         settings = make_settings(database_url, redis_url)
+        pooled_url = None
+        if pooled:
+            pooled_url = stack.enter_context(pgbouncer(database_url, pool_size=32))
+            print(f"bench: through PgBouncer at {pooled_url}", file=sys.stderr)
+            settings = make_settings(pooled_url, redis_url, database_pooler="transaction",
+                                     database_direct_url=database_url)  # fmt: skip
         tokens = AccessTokens(settings)
         print(f"bench: opening {ACCOUNTS} funded accounts", file=sys.stderr)
         users = await open_funded_users(database_url, tokens, prefix="bench", count=ACCOUNTS,
@@ -377,10 +392,13 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
                 "postgres": lambda: postgres_processes(database_url),
                 "redis": lambda: listening_on(urlsplit(redis_url).port or 6379),
                 "client": lambda: {os.getpid()},
+                **({"pgbouncer": lambda: listening_on(urlsplit(pooled_url).port or 0)}
+                   if pooled_url else {}),
             })  # fmt: skip
             bench = Bench(int(base_url.rsplit(":", 1)[1]), database_url, users, merchant, clients,
                           seconds, Settings.model_fields["db_pool_size_max"].default * workers,
-                          settings.idempotency_ttl_s, meter, process.pid, data_dir, redis_url)  # fmt: skip
+                          settings.idempotency_ttl_s, meter, process.pid, data_dir, redis_url,
+                          pooled_url)  # fmt: skip
             results = [result for name in names for result in await scenario(name, bench)]
             books = await check_books(database_url)
     summaries = [r.summary() for r in results]
@@ -402,7 +420,8 @@ def main() -> int:
     except ImportError:
         pass
     names = os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",")
-    asyncio.run(run(names, seconds, clients, workers, ROOT / "bench-results"))
+    pooled = os.environ.get("BENCH_PGBOUNCER", "") not in ("", "0")
+    asyncio.run(run(names, seconds, clients, workers, ROOT / "bench-results", pooled))
     return 0
 
 

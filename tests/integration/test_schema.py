@@ -152,10 +152,12 @@ async def test_money_functions_called_directly(db: asyncpg.Pool) -> None:
     assert await db.fetchval("SELECT count(*) FROM idempotency_key WHERE key = 'k3'") == 0
     transfer_id = json.loads(first["body"])["id"]
     reversed_ = await db.fetchrow(
-        Q.reverse_transfer, sender, True, "k4", b"r" * 32, 3600, transfer_id
+        Q.reverse_transfer, sender, True, "k4", b"r" * 32, 3600, transfer_id, "10.0.0.1", "r1"
     )
     assert reversed_["status"] == 201
-    twice = await db.fetchrow(Q.reverse_transfer, sender, True, "k5", b"r" * 32, 3600, transfer_id)
+    twice = await db.fetchrow(
+        Q.reverse_transfer, sender, True, "k5", b"r" * 32, 3600, transfer_id, None, None
+    )
     assert (twice["status"], twice["code"]) == (409, "already_reversed")
     balances = await db.fetch(
         "SELECT balance_minor FROM account WHERE kind = 'customer' ORDER BY id"

@@ -145,13 +145,17 @@ def test_without_the_embedded_extra_a_missing_url_says_what_to_do() -> None:
 
 def test_each_domain_keeps_its_section_and_one_object_reads_them_all() -> None:
     """A new feature adds its settings in its own folder: its section joins Settings by name."""
+    from payments.admin.settings import AdminSettings
     from payments.http.settings import HttpSettings
     from payments.identity.settings import IdentitySettings
     from payments.money.settings import MoneySettings
     from payments.payments.settings import PaymentSettings
     from payments.platform.settings import PlatformSettings
 
-    sections = (PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings)
+    sections = (
+        PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings,
+        AdminSettings,
+    )  # fmt: skip
     fields = [set(section.model_fields) for section in sections]
     assert set().union(*fields) == set(Settings.model_fields)
     assert sum(len(f) for f in fields) == len(Settings.model_fields)  # no field in two sections

@@ -1,0 +1,79 @@
+"""GET /queue/stats and GET /cache/stats, for admins: the background queues' depths, and the
+response cache's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from payments.http.responses import json_response
+from payments.platform import metrics
+from payments.platform.db import Q
+from payments.platform.redis_link import REDIS_ERRORS
+from payments.services import services
+
+QueueStats = dict[str, int | float]
+QueueProvider = Callable[[asyncpg.Pool], Awaitable[QueueStats]]
+
+
+async def payments_queue(pool: asyncpg.Pool) -> QueueStats:
+    """Payments waiting for a worker and in a worker's hands, and the oldest one's wait. Read
+    through the partial index of payments not yet final (payment_due_idx), never the whole table."""
+    row = await pool.fetchrow(Q.payments_queue_stats)
+    assert row is not None
+    return {
+        "pending": row["pending"], "processing": row["processing"],
+        "oldest_pending_age_s": round(row["oldest_pending_age_s"], 3),
+    }  # fmt: skip
+
+
+# Every queue of the service, by the name /queue/stats reports it under: one provider per domain
+# whose work waits in a table. A domain with a queue adds its provider here.
+QUEUE_PROVIDERS: dict[str, QueueProvider] = {
+    "payments": payments_queue,
+}
+
+
+async def queue_stats(request: Request) -> Response:
+    """200 {payments: {pending, processing, oldest_pending_age_s}, ...}: each provider's counts,
+    read concurrently."""
+    pool = services(request).pool
+    names = list(QUEUE_PROVIDERS)
+    counts = await asyncio.gather(*(QUEUE_PROVIDERS[name](pool) for name in names))
+    return json_response(200, dict(zip(names, counts, strict=True)))
+
+
+def cache_hit_ratio() -> float | None:
+    """Hits over lookups since the processes started, from the response cache's own counter
+    (payments_cache_lookups_total, every API process's); None before the first lookup."""
+    totals = metrics.counter_totals("payments_cache_lookups_total", "result")
+    hits = totals.get("hit", 0.0)
+    lookups = hits + totals.get("miss", 0.0)
+    return round(hits / lookups, 4) if lookups else None
+
+
+async def cache_stats(request: Request) -> Response:
+    """200 {connected, keys, hit_ratio, memory_bytes, default_ttl_s}. `keys` is DBSIZE (the
+    service's whole Redis database: cache entries beside rate limits, idempotency keys and the
+    denylist), one O(1) command, where counting the cache's own keys would mean scanning the
+    keyspace. Redis down: 200 with connected false, and what the service knows without it."""
+    found = services(request)
+    stats: dict[str, object] = {
+        "connected": True, "keys": None, "hit_ratio": cache_hit_ratio(), "memory_bytes": None,
+        "default_ttl_s": found.settings.cache_ttl_s,
+    }  # fmt: skip
+    try:
+        async with found.redis.pipeline(transaction=False) as pipe:
+            pipe.info("memory")
+            pipe.dbsize()
+            memory, keys = await pipe.execute()
+    except REDIS_ERRORS:
+        stats["connected"] = False
+        return json_response(200, stats)
+    stats["keys"] = int(keys)
+    stats["memory_bytes"] = int(memory["used_memory"])
+    return json_response(200, stats)
