@@ -48,7 +48,7 @@ from payments.identity import api_keys
 from payments.identity import routes as auth
 from payments.identity.passwords import Passwords
 from payments.identity.tokens import AccessTokens
-from payments.money import accounts, transfers
+from payments.money import accounts, ledger, transfers
 from payments.operations import docs, health
 from payments.payments import routes as payments
 from payments.payroll import routes as payroll
@@ -91,6 +91,11 @@ def routes() -> list[RuledRoute]:
             POST=(accounts.open_account, WRITE),
         ),
         RuledRoute(f"{API}/accounts/{{account_number}}", GET=(accounts.get_account, READ)),
+        RuledRoute(f"{API}/accounts/{{account_number}}/reconcile", POST=(ledger.reconcile_account, WRITE)),
+        RuledRoute(f"{API}/ledger/transactions/{{id}}", GET=(ledger.transaction_entries, READ)),
+        RuledRoute(f"{API}/ledger/transactions/{{id}}/verify", GET=(ledger.verify_transaction, READ)),
+        RuledRoute(f"{API}/ledger/accounts/{{account_number}}/entries", GET=(ledger.account_entries, READ)),
+        RuledRoute(f"{API}/ledger/accounts/{{account_number}}/chain", GET=(ledger.account_chain, READ)),
         RuledRoute(
             f"{API}/transactions",
             GET=(transfers.list_transfers, Rules(cached_view="transactions")),
@@ -107,6 +112,10 @@ def routes() -> list[RuledRoute]:
         RuledRoute(f"{API}/admin/deposits", POST=(deposits.create_deposit, ADMIN_MONEY)),
         RuledRoute(f"{API}/admin/accounts/{{account_number}}", GET=(lookups.get_account, ADMIN_READ)),
         RuledRoute(f"{API}/admin/transactions/{{id}}", GET=(lookups.get_transaction, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/ledger/transactions/{{id}}", GET=(ledger.transaction_entries, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/ledger/transactions/{{id}}/verify", GET=(ledger.verify_transaction, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/ledger/accounts/{{account_number}}/entries", GET=(ledger.account_entries, ADMIN_READ)),
+        RuledRoute(f"{API}/admin/ledger/accounts/{{account_number}}/chain", GET=(ledger.account_chain, ADMIN_READ)),
         RuledRoute(f"{API}/admin/audit-logs", GET=(audit_routes.list_audit_events, ADMIN_READ)),
         RuledRoute(f"{API}/admin/audit-logs/verify", GET=(audit_routes.verify_audit_log, ADMIN_READ)),
         RuledRoute(f"{API}/queue/stats", GET=(stats.queue_stats, ADMIN_READ)),

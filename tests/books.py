@@ -20,7 +20,7 @@ async def reset_books(db: asyncpg.Pool) -> None:
         await conn.execute(f"TRUNCATE {CLEAN_TABLES} RESTART IDENTITY CASCADE")
         await conn.execute("DELETE FROM account WHERE kind = 'customer'")
         await conn.execute("DELETE FROM app_user")
-        await conn.execute("UPDATE account SET balance_minor = 0")
+        await conn.execute("UPDATE account SET balance_minor = 0, ledger_head = NULL")
 
 
 async def assert_books_balance(db: asyncpg.Pool) -> None:

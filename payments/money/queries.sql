@@ -69,3 +69,60 @@ SELECT 'account', a.account_number,
 HAVING a.balance_minor <> coalesce(sum(CASE e.direction WHEN 'credit' THEN e.amount_minor
                                                         ELSE -e.amount_minor END), 0);
 
+
+-- name: recent_book_discrepancies
+-- What reconciliation would find in every account's books of the last $1 seconds.
+SELECT kind, transaction_id, entry_id, payment_id
+  FROM book_discrepancies_v1(NULL, now() - make_interval(secs => $1), now() + interval '1 minute');
+
+-- name: ledger_account
+-- The id of an account named by number: the caller's own ($2), or any one when $3.
+SELECT a.id FROM account a WHERE a.account_number = $1 AND ($3 OR a.user_id = $2);
+
+-- name: ledger_entries_of_account
+-- Newest first, keyset on id, through the (account_id, id) index.
+SELECT o.id, o.body::text FROM ledger_entry_out o
+ WHERE o.account_id = $1 AND o.id < $2
+ ORDER BY o.id DESC
+ LIMIT $3;
+
+-- name: ledger_transaction_entries
+-- The entries of a transfer whose source or target belongs to $2 (any transfer when $3). The
+-- other party's entry goes without balance_after and the hashes: they would disclose its balance.
+SELECT CASE WHEN $3 OR o.user_id = $2 THEN o.body::text
+            ELSE (o.body::jsonb || '{"balance_after": null, "hash": null, "prev_hash": null}')::text
+       END AS body
+  FROM ledger_entry_out o
+ WHERE o.transfer_id = $1
+   AND EXISTS (SELECT 1 FROM transfer_out t
+                WHERE t.id = $1 AND ($3 OR $2 IN (t.source_user_id, t.target_user_id)))
+ ORDER BY o.id;
+
+-- name: ledger_verify_transaction
+-- Whether a transfer's debits equal its credits in each currency, with the sums; NULL when the
+-- transfer is not one $2 is a party to (any transfer when $3). A transfer without entries, or
+-- with one side missing, is not balanced.
+SELECT json_build_object(
+           'transaction_id', t.id,
+           'balanced', coalesce(bool_and(s.debits = s.credits), false),
+           'currencies', coalesce(json_agg(json_build_object(
+               'currency', s.currency, 'debits', money_text(s.debits, c.exponent),
+               'credits', money_text(s.credits, c.exponent)) ORDER BY s.currency)
+               FILTER (WHERE s.currency IS NOT NULL), '[]'))::text
+  FROM transfer_out t
+  LEFT JOIN LATERAL (
+      SELECT a.currency,
+             coalesce(sum(e.amount_minor) FILTER (WHERE e.direction = 'debit'), 0)::bigint AS debits,
+             coalesce(sum(e.amount_minor) FILTER (WHERE e.direction = 'credit'), 0)::bigint AS credits
+        FROM ledger_entry e JOIN account a ON a.id = e.account_id
+       WHERE e.transfer_id = t.id
+       GROUP BY a.currency) s ON true
+  LEFT JOIN currency c ON c.code = s.currency
+ WHERE t.id = $1 AND ($3 OR $2 IN (t.source_user_id, t.target_user_id))
+ GROUP BY t.id;
+
+-- name: ledger_chain
+SELECT valid, entries, tampered_at, detail FROM ledger_chain_v1($1);
+
+-- name: reconcile_account
+SELECT reconcile_account_v1($1, $2, $3);

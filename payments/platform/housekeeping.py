@@ -43,22 +43,30 @@ async def sweep_forever(pool: asyncpg.Pool, interval_s: float) -> None:
             log.info("idempotency_keys_expired", deleted=deleted)
 
 
-async def check_ledger(pool: asyncpg.Pool) -> int:
+async def check_ledger(pool: asyncpg.Pool, window_s: float = 600) -> int:
     """Count what breaks the books: a currency whose entries do not sum to zero, or an account
-    whose balance is not the sum of its entries. Each is counted and logged as an error."""
+    whose balance is not the sum of its entries, over all of them; and what reconciliation finds
+    (sql/0006, book_discrepancies_v1) in the transfers, entries and payments of the last
+    `window_s`. Each is counted and logged as an error."""
     imbalances = await pool.fetch(Q.ledger_imbalances)
     for row in imbalances:
         log.error("ledger_invariant_violated", scope=row["scope"], name=row["name"],
                   difference_minor=row["difference"])  # fmt: skip
-    metrics.LEDGER_INVARIANT_VIOLATIONS.inc(len(imbalances))
-    return len(imbalances)
+    discrepancies = await pool.fetch(Q.recent_book_discrepancies, window_s)
+    for row in discrepancies:
+        log.error("ledger_invariant_violated", scope=row["kind"], transaction_id=row["transaction_id"],
+                  entry_id=row["entry_id"], payment_id=row["payment_id"])  # fmt: skip
+    found = len(imbalances) + len(discrepancies)
+    metrics.LEDGER_INVARIANT_VIOLATIONS.inc(found)
+    return found
 
 
 async def check_ledger_forever(pool: asyncpg.Pool, interval_s: float) -> None:
+    """Every interval_s; each check looks back two intervals, so that none is missed."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await check_ledger(pool)
+            await check_ledger(pool, window_s=2 * interval_s)
         except DB_ERRORS as error:
             log.warning("ledger_check_failed", error=type(error).__name__)
 

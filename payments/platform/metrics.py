@@ -95,8 +95,9 @@ PAYMENT_OLDEST_PENDING_AGE = Gauge(
 )
 LEDGER_INVARIANT_VIOLATIONS = Counter(
     "payments_ledger_invariant_violations_total",
-    "Currencies whose entries do not sum to zero, or balances that are not the sum of their entries, "
-    "found by the periodic check. Must stay 0.",
+    "Currencies whose entries do not sum to zero, balances that are not the sum of their entries, "
+    "and what reconciliation finds in recent books (missing or unbalanced entries, chain breaks, "
+    "payments without their transaction), found by the periodic check. Must stay 0.",
 )
 
 AUDIT_EVENTS_WRITTEN = Counter(
