@@ -59,6 +59,7 @@ from payments.platform.log import configure_logging, flush_logs_forever
 from payments.platform.redis_link import RedisLink
 from payments.services import Services
 from payments.settings import Settings
+from payments.webhooks import routes as webhooks
 
 API = "/api/v1"
 POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is
@@ -100,6 +101,14 @@ def routes() -> list[RuledRoute]:
         ),
         RuledRoute(f"{API}/payments/{{id}}", GET=(payments.get_payment, READ)),
         RuledRoute(f"{API}/admin/deposits", POST=(deposits.create_deposit, ADMIN_MONEY)),
+        RuledRoute(
+            f"{API}/webhooks/endpoints",
+            GET=(webhooks.list_endpoints, READ),
+            POST=(webhooks.create_endpoint, KEY_MANAGEMENT),  # the secret is in the answer
+        ),
+        RuledRoute(f"{API}/webhooks/endpoints/{{id}}", DELETE=(webhooks.delete_endpoint, KEY_MANAGEMENT)),
+        RuledRoute(f"{API}/webhooks/endpoints/{{id}}/deliveries", GET=(webhooks.list_deliveries, READ)),
+        RuledRoute(f"{API}/webhooks/events/{{id}}/redeliver", POST=(webhooks.redeliver_event, READ)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
         RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),

@@ -1,5 +1,5 @@
-"""The worker: `python -m payments worker`. Each job (payments today; payroll batches and webhook
-deliveries later) is an object with claim, settle and release; the loop is the same for all.
+"""The worker: `python -m payments worker`. Each job (payments, webhook deliveries; payroll
+batches later) is an object with claim, settle and release; the loop is the same for all.
 
 WORKER_CONCURRENCY loops per job claim due work with FOR UPDATE SKIP LOCKED under a lease and
 settle it; they wake on the job's LISTEN channel, and look again every WORKER_POLL_INTERVAL as a
@@ -24,17 +24,20 @@ from payments.app import connect_redis
 from payments.payments.jobs import PaymentsJob
 from payments.platform.db import DB_ERRORS, UNREACHABLE, create_pool
 from payments.settings import Settings
+from payments.webhooks.jobs import WebhookJob
 
 log = structlog.get_logger(__name__)
 WORKER_APPLICATION_NAME = "payments-worker"  # how /ready counts the workers' connections
 RECONNECT_PAUSE_S = 0.5  # after the database went away, before trying again
 BUSY_PAUSE_S = 0.02  # after a batch whose every item was busy elsewhere, before claiming again
 SHUTDOWN_GRACE_S = 10.0  # a batch in hand gets this long to finish on SIGTERM
+WEBHOOK_CONNECTIONS = 4  # the webhook sends share these to record their results, a moment each
 
 
 class Job(Protocol):
     name: str
     channel: str
+    loops: int | None  # claim loops per process; None: WORKER_CONCURRENCY
 
     async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]: ...
     async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool: ...
@@ -58,7 +61,7 @@ class Worker:
         loops = [
             asyncio.create_task(self.loop(job, f"{self.id}:{job.name}:{index}"))
             for job in self.jobs
-            for index in range(self.settings.worker_concurrency)
+            for index in range(job.loops or self.settings.worker_concurrency)
         ]
         listener = asyncio.create_task(self.listen())
         stopping = asyncio.create_task(self.stopping.wait())
@@ -141,18 +144,22 @@ class Worker:
 
 
 async def run_worker(settings: Settings) -> bool:
-    """The worker process: its pool (one connection per loop, and one to spare; the listener
-    has a connection of its own), its jobs, until SIGTERM or SIGINT."""
+    """The worker process: its pool (one connection per payments loop, and one to spare, and a
+    few for the webhook deliveries' claims and results; the listener has a connection of its
+    own), its jobs, until SIGTERM or SIGINT."""
     concurrency = settings.worker_concurrency
     pool = await create_pool(settings, str(settings.database_url),
-                             application_name=WORKER_APPLICATION_NAME, size_max=concurrency + 1)  # fmt: skip
+                             application_name=WORKER_APPLICATION_NAME,
+                             size_max=concurrency + 1 + WEBHOOK_CONNECTIONS)  # fmt: skip
     redis = connect_redis(settings)
-    worker = Worker(settings, pool, [PaymentsJob(settings, redis)])
+    webhooks = WebhookJob(settings)
+    worker = Worker(settings, pool, [PaymentsJob(settings, redis), webhooks])
     loop = asyncio.get_running_loop()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(stop_signal, worker.stopping.set)
     try:
         return await worker.run()
     finally:
+        await webhooks.stop(pool, SHUTDOWN_GRACE_S)
         await redis.aclose()
         await pool.close()

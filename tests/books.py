@@ -8,7 +8,7 @@ from payments.platform.db import Q
 
 CLEAN_TABLES = (
     "payment, ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log,"
-    " api_key"
+    " api_key, webhook_attempt, webhook_delivery, webhook_event, webhook_endpoint"
 )
 
 
