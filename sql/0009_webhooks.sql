@@ -167,6 +167,23 @@ BEGIN
     RETURN v_outcome;
 END $$;
 
+-- The attempts a worker finished lately, recorded in one transaction (one commit for many), in id
+-- order. Returns each delivery's outcome.
+CREATE FUNCTION record_webhook_attempts_v1(
+    p_ids bigint[], p_workers text[], p_attempts int[], p_delivered boolean[],
+    p_status_codes int[], p_durations_ms int[], p_errors text[], p_excerpts text[],
+    p_retries_s double precision[], p_attempts_max int)
+RETURNS TABLE (id bigint, outcome text)
+LANGUAGE sql AS $$
+    SELECT r.id, record_webhook_attempt_v1(r.id, r.worker, r.attempt, r.delivered, r.status_code,
+                                           r.duration_ms, r.error, r.excerpt, r.retry_s,
+                                           p_attempts_max)
+      FROM unnest(p_ids, p_workers, p_attempts, p_delivered, p_status_codes, p_durations_ms,
+                  p_errors, p_excerpts, p_retries_s)
+           AS r(id, worker, attempt, delivered, status_code, duration_ms, error, excerpt, retry_s)
+     ORDER BY r.id
+$$;
+
 -- A worker that stops gives back what it claimed and did not send, so nobody waits for a lease;
 -- a claim given back was no attempt.
 CREATE FUNCTION release_webhook_deliveries_v1(p_worker text, p_ids bigint[]) RETURNS void

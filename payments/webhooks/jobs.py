@@ -26,6 +26,7 @@ from payments.webhooks.signing import delivery_headers
 
 log = structlog.get_logger(__name__)
 EXCERPT_READ_BYTES_MAX = 1024  # of a receiver's answer; the rest is never read
+SECRETS_OPENED_MAX = 1024  # endpoint secrets a worker keeps opened (forgotten all at once past it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,17 @@ class WebhookJob:
         )  # fmt: skip
         self.sending: dict[int, tuple[str, asyncio.Task[None]]] = {}  # id: (lease owner, task)
         self.place_freed = asyncio.Event()
+        self.finished: list[tuple[asyncpg.Record, str, Outcome]] = []  # sent, not yet recorded
+        self.finished_added = asyncio.Event()
+        self.recorder: asyncio.Task[None] | None = None
+        self.opened: dict[str, str] = {}  # sealed secret: secret
         self.sampled_at = 0.0
         self.random = random.Random()  # noqa: S311 - jitter, not a secret
 
     async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]:
         """Due deliveries, as many as there are free places (waiting a moment for one)."""
+        if self.recorder is None:
+            self.recorder = asyncio.create_task(self.record_forever(pool))
         await self.sample_queue(pool)
         while len(self.sending) >= self.settings.webhook_concurrency_max:
             self.place_freed.clear()
@@ -101,10 +108,11 @@ class WebhookJob:
         await pool.execute(Q.release_webhook_deliveries, worker, ids)
 
     async def deliver(self, pool: asyncpg.Pool, worker: str, row: asyncpg.Record) -> None:
-        """Send one delivery, then record the attempt; the place is freed either way."""
+        """Send one delivery, and hand the attempt to the recorder; the place is freed either way."""
         try:
             outcome = await self.attempt(row)
-            await self.record(pool, worker, row, outcome)
+            self.finished.append((row, worker, outcome))
+            self.finished_added.set()
         except Exception:  # a bug: logged; the lease runs out and the delivery is sent again
             log.exception("webhook_delivery_crashed", delivery_id=row["id"])
         finally:
@@ -126,8 +134,8 @@ class WebhookJob:
             async with asyncio.timeout(timeout_s):  # the whole attempt, resolving included
                 target = await checked_target(row["url"], guarded=self.guarded)
                 body = row["payload"].encode()
-                headers = delivery_headers(self.sealer.open(row["secret_sealed"]),
-                                           row["event_id"], body, int(time.time()))  # fmt: skip
+                headers = delivery_headers(self.secret(row["secret_sealed"]), row["event_id"],
+                                           body, int(time.time()))  # fmt: skip
                 if target.host_header is not None:
                     headers["Host"] = target.host_header
                 extensions = {"sni_hostname": target.server_name} if target.server_name else {}
@@ -153,30 +161,64 @@ class WebhookJob:
             return Outcome(True, duration_ms, response.status_code, None, excerpt)
         return failed(f"answered {response.status_code}", response.status_code, excerpt)
 
+    def secret(self, sealed: str) -> str:
+        """An endpoint's secret, opened once for many deliveries (the process keeps a few)."""
+        secret = self.opened.get(sealed)
+        if secret is None:
+            if len(self.opened) >= SECRETS_OPENED_MAX:
+                self.opened.clear()
+            secret = self.opened[sealed] = self.sealer.open(sealed)
+        return secret
+
+    async def record_forever(self, pool: asyncpg.Pool) -> None:
+        """Record finished attempts as they come, up to webhook_record_batch_max a transaction: one
+        commit for many deliveries, which is most of what a delivery costs PostgreSQL."""
+        while True:
+            await self.finished_added.wait()
+            try:
+                await self.record_finished(pool)
+            except Exception:  # a bug: logged; those deliveries are sent again after their lease
+                log.exception("webhook_recorder_failed")
+
+    async def record_finished(self, pool: asyncpg.Pool) -> None:
+        batch = self.finished[: self.settings.webhook_record_batch_max]
+        del self.finished[: len(batch)]
+        if not self.finished:
+            self.finished_added.clear()
+        if batch:
+            await self.record(pool, batch)
+
     async def record(
-        self, pool: asyncpg.Pool, worker: str, row: asyncpg.Record, outcome: Outcome
+        self, pool: asyncpg.Pool, batch: list[tuple[asyncpg.Record, str, Outcome]]
     ) -> None:
-        """The attempt, in a transaction of its own. When that fails the lease runs out and the
-        delivery is sent again: at least once."""
+        """The attempts, in a transaction of their own. When that fails their leases run out and
+        the deliveries are sent again: at least once."""
         settings = self.settings
-        delay_s = retry_delay_s(row["attempt"], base_s=settings.webhook_retry_base_s,
-                                cap_s=settings.webhook_retry_cap_s, draw=self.random.random())  # fmt: skip
+        delays_s = [retry_delay_s(row["attempt"], base_s=settings.webhook_retry_base_s,
+                                  cap_s=settings.webhook_retry_cap_s, draw=self.random.random())
+                    for row, _, _ in batch]  # fmt: skip
         try:
-            result = await pool.fetchval(
-                Q.record_webhook_attempt, row["id"], worker, row["attempt"], outcome.delivered,
-                outcome.status_code, outcome.duration_ms, outcome.error, outcome.excerpt, delay_s,
-                settings.webhook_max_attempts,
+            rows = await pool.fetch(
+                Q.record_webhook_attempts, [row["id"] for row, _, _ in batch],
+                [worker for _, worker, _ in batch], [row["attempt"] for row, _, _ in batch],
+                [o.delivered for _, _, o in batch], [o.status_code for _, _, o in batch],
+                [o.duration_ms for _, _, o in batch], [o.error for _, _, o in batch],
+                [o.excerpt for _, _, o in batch], delays_s, settings.webhook_max_attempts,
             )  # fmt: skip
         except (*DB_ERRORS, OSError) as error:
-            log.warning("webhook_attempt_not_recorded", delivery_id=row["id"],
+            log.warning("webhook_attempts_not_recorded", deliveries=len(batch),
                         error=type(error).__name__)  # fmt: skip
             return
-        metrics.WEBHOOK_ATTEMPTS.labels(outcome=result).inc()
-        if outcome.delivered:
-            metrics.WEBHOOK_DELIVERY_LATENCY.observe(max(0.0, time.time() - row["created_at"]))
-        elif result == "failed":
-            log.warning("webhook_delivery_failed", delivery_id=row["id"], event_id=row["event_id"],
-                        attempts=row["attempt"], error=outcome.error)  # fmt: skip
+        recorded = {row["id"]: row["outcome"] for row in rows}
+        now = time.time()
+        for row, _, outcome in batch:
+            result = recorded[row["id"]]
+            metrics.WEBHOOK_ATTEMPTS.labels(outcome=result).inc()
+            if outcome.delivered:
+                metrics.WEBHOOK_DELIVERY_LATENCY.observe(max(0.0, now - row["created_at"]))
+            elif result == "failed":
+                log.warning("webhook_delivery_failed", delivery_id=row["id"],
+                            event_id=row["event_id"], attempts=row["attempt"], error=outcome.error)  # fmt: skip
 
     async def sample_queue(self, pool: asyncpg.Pool) -> None:
         """The pending and failed gauges, at most every webhook_queue_sample_interval_s."""
@@ -203,6 +245,11 @@ class WebhookJob:
         for owner, ids in by_owner.items():
             with contextlib.suppress(*DB_ERRORS, OSError):
                 await self.release(pool, owner, ids)
+        if self.recorder is not None:
+            self.recorder.cancel()
+            await asyncio.gather(self.recorder, return_exceptions=True)
+        while self.finished:  # what was sent is recorded, or sent again after its lease
+            await self.record_finished(pool)
         await self.client.aclose()
 
 

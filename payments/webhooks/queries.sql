@@ -55,8 +55,10 @@ SELECT endpoint_id FROM redeliver_webhook_event_v1($1, $2) ORDER BY endpoint_id;
 SELECT id, attempt, url, secret_sealed, event_id, payload, created_at
   FROM claim_webhook_deliveries_v1($1, $2, $3, $4);
 
--- name: record_webhook_attempt
-SELECT record_webhook_attempt_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+-- name: record_webhook_attempts
+SELECT id, outcome
+  FROM record_webhook_attempts_v1($1::bigint[], $2::text[], $3::int[], $4::boolean[], $5::int[],
+                                  $6::int[], $7::text[], $8::text[], $9::float8[], $10);
 
 -- name: release_webhook_deliveries
 SELECT release_webhook_deliveries_v1($1, $2);

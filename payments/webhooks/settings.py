@@ -29,6 +29,7 @@ class WebhookSettings(Section):
     # never the loop, nor a database connection.
     webhook_concurrency_max: int = 64
     webhook_claim_max: int = 32  # deliveries claimed in one statement (at most the free places)
+    webhook_record_batch_max: int = 64  # finished attempts recorded in one transaction
     webhook_endpoints_live_max: int = 16  # per user (409 webhook_endpoint_limit)
     webhook_response_excerpt_max: int = 200  # characters of a receiver's answer kept per attempt
     webhook_queue_sample_interval_s: float = 5.0  # how fresh the pending and failed gauges are

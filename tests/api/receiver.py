@@ -49,6 +49,8 @@ class Receiver:
     server: asyncio.Server | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     connections: set[asyncio.Task[None]] = field(default_factory=set)
+    keep: bool = True  # False: count the requests, keep nothing of them (a long bench run)
+    count: int = 0
 
     @property
     def url(self) -> str:
@@ -81,11 +83,13 @@ class Receiver:
                     for name, _, value in (line.partition(":") for line in lines[1:] if line)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.received.append(
-                    Received(lines[0].split(" ")[1], headers, body, time.monotonic())
-                )
+                self.count += 1
+                if self.keep:
+                    self.received.append(
+                        Received(lines[0].split(" ")[1], headers, body, time.monotonic())
+                    )
                 self.arrived.set()
-                status, delay_s = self.answer(len(self.received))
+                status, delay_s = self.answer(self.count)
                 await asyncio.sleep(delay_s)
                 reply = b'{"ok":true}'
                 writer.write(

@@ -31,6 +31,31 @@ TARGETS = [
         "min",
     ),
     ("payment-latency p99 ms (absolute)", "payment-latency", None, "p99_ms", 250, "max"),
+    # Deliveries keep up with half the transfer rate, and delivering costs transfers <= 15%.
+    (
+        "webhook deliveries / transfer",
+        "fanout: deliveries",
+        "fanout: delivering",
+        "requests_per_s",
+        0.5,
+        "min",
+    ),
+    (
+        "webhook transfer, delivering / none",
+        "fanout: delivering",
+        "fanout: no endpoint",
+        "requests_per_s",
+        0.85,
+        "min",
+    ),
+    (
+        "webhook transfer p99, receiver 2 s / none",
+        "fanout: receiver 2s",
+        "fanout: no endpoint",
+        "p99_ms",
+        1.5,
+        "max",
+    ),
 ]
 
 
@@ -57,7 +82,7 @@ def print_table(summaries: list[dict[str, Any]], checked: list[dict[str, Any]]) 
               f"{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['error_rate']:>8.2%} "
               + (str(s["errors"]) if s["errors"] else ""))  # fmt: skip
     print(f"\nCPU per request, µs, by process (all share the machine's {os.cpu_count()} cores)")
-    groups = ["api", "postgres", "redis", "client"]
+    groups = ["api", "worker", "postgres", "redis", "client"]
     print(f"{'scenario':<22}" + "".join(f"{g:>10}" for g in groups) + f"{'total':>10}")
     for s in summaries:
         cpu = s["cpu_us_per_request"]
