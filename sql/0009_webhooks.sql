@@ -14,6 +14,9 @@ CREATE TABLE webhook_endpoint (
                                                'payment.succeeded', 'payment.failed',
                                                'payroll_job.completed']),
     secret_sealed  text        NOT NULL CHECK (length(secret_sealed) <= 1000),
+    -- Where it sends, for the workers' share per receiving host (user:password is refused).
+    host           text        GENERATED ALWAYS AS (lower(substring(url FROM '^[a-z]+://([^/?#]*)')))
+                               STORED,
     created_at     timestamptz NOT NULL DEFAULT now(),
     deleted_at     timestamptz CHECK (deleted_at >= created_at)
 );
@@ -107,13 +110,15 @@ BEGIN
 END $$;
 
 -- A worker's claim: up to p_limit deliveries due, soonest first, each now the worker's until
--- now + p_lease_s (its next_attempt_at), its attempt counted. SKIP LOCKED: workers claiming at
--- once never take the same delivery, nor wait on each other. One claimed p_attempts_max times
+-- now + p_lease_s (its next_attempt_at), its attempt counted; none for endpoints on the hosts
+-- in p_busy (the worker has as many in flight to each as it allows one host, so a slow
+-- receiver's backlog cannot take every place). SKIP LOCKED: workers claiming at once never take the same
+-- delivery, nor wait on each other. One claimed p_attempts_max times
 -- whose worker never said how it went (it died each time) fails instead of being claimed again.
 CREATE FUNCTION claim_webhook_deliveries_v1(p_worker text, p_limit int, p_lease_s int,
-                                            p_attempts_max int)
-RETURNS TABLE (id bigint, attempt int, url text, secret_sealed text, event_id text,
-               payload text, created_at double precision)
+                                            p_attempts_max int, p_busy text[])
+RETURNS TABLE (id bigint, host text, attempt int, url text, secret_sealed text,
+               event_id text, payload text, created_at double precision)
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE webhook_delivery d SET state = 'failed', lease_owner = NULL, updated_at = now()
@@ -130,8 +135,10 @@ BEGIN
        AND d.id IN (SELECT q.id FROM webhook_delivery q
                      WHERE q.state = 'pending' AND q.next_attempt_at <= now()
                        AND q.attempts < p_attempts_max
+                       AND NOT EXISTS (SELECT 1 FROM webhook_endpoint b
+                                        WHERE b.id = q.endpoint_id AND b.host = ANY(p_busy))
                      ORDER BY q.next_attempt_at LIMIT p_limit FOR UPDATE SKIP LOCKED)
-    RETURNING d.id, d.attempts::int, e.url, e.secret_sealed, v.public_id, v.payload,
+    RETURNING d.id, e.host, d.attempts::int, e.url, e.secret_sealed, v.public_id, v.payload,
               extract(epoch FROM d.created_at)::float8;
 END $$;
 

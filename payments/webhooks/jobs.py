@@ -62,15 +62,11 @@ class WebhookJob:
         self.sealer = Sealer(settings)
         self.guarded = settings.env == "production"
         self.lease_s = max(settings.payment_lease_s, math.ceil(settings.webhook_timeout_s) + 1)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.webhook_timeout_s),
-            limits=httpx.Limits(max_connections=settings.webhook_concurrency_max,
-                                max_keepalive_connections=settings.webhook_concurrency_max),
-            follow_redirects=False,  # a redirect would lead around the address check
-            trust_env=False,  # no proxy from the environment between us and the checked address
-        )  # fmt: skip
         self.sending: dict[int, tuple[str, asyncio.Task[None]]] = {}  # id: (lease owner, task)
         self.place_freed = asyncio.Event()
+        self.per_host: dict[str, int] = {}  # host: deliveries in flight to it
+        self.clients: dict[str, httpx.AsyncClient] = {}  # host: its connections
+        self.closing: set[asyncio.Task[None]] = set()
         self.finished: list[tuple[asyncpg.Record, str, Outcome]] = []  # sent, not yet recorded
         self.finished_added = asyncio.Event()
         self.recorder: asyncio.Task[None] | None = None
@@ -83,22 +79,44 @@ class WebhookJob:
         if self.recorder is None:
             self.recorder = asyncio.create_task(self.record_forever(pool))
         await self.sample_queue(pool)
-        while len(self.sending) >= self.settings.webhook_concurrency_max:
-            self.place_freed.clear()
-            try:
-                await asyncio.wait_for(
-                    self.place_freed.wait(), self.settings.worker_poll_interval_s
-                )
-            except TimeoutError:
+        settings = self.settings
+        while True:
+            while not self.room_to_claim():
+                if not await self.a_send_finished():
+                    return []
+            free = settings.webhook_concurrency_max - len(self.sending)
+            busy = [host for host, count in self.per_host.items()
+                    if count >= settings.webhook_host_in_flight_max]  # fmt: skip
+            rows = await pool.fetch(Q.claim_webhook_deliveries, worker,
+                                    min(free, settings.webhook_claim_max), self.lease_s,
+                                    settings.webhook_max_attempts, busy)  # fmt: skip
+            if rows or not busy:
+                break
+            # What is due goes to hosts that have their share in flight: wait for one to finish.
+            if not await self.a_send_finished():
                 return []
-        free = self.settings.webhook_concurrency_max - len(self.sending)
-        rows = await pool.fetch(Q.claim_webhook_deliveries, worker,
-                                min(free, self.settings.webhook_claim_max), self.lease_s,
-                                self.settings.webhook_max_attempts)  # fmt: skip
         for row in rows:
             task = asyncio.create_task(self.deliver(pool, worker, row))
             self.sending[row["id"]] = (worker, task)
+            self.per_host[row["host"]] = self.per_host.get(row["host"], 0) + 1
         return [row["id"] for row in rows]
+
+    async def a_send_finished(self) -> bool:
+        """Wait for the next send to finish; False when none did within the poll interval."""
+        self.place_freed.clear()
+        try:
+            await asyncio.wait_for(self.place_freed.wait(), self.settings.worker_poll_interval_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def room_to_claim(self) -> bool:
+        """Enough free places for a claim worth its round trip, or nothing in flight at all."""
+        settings = self.settings
+        free = settings.webhook_concurrency_max - len(self.sending)
+        return free >= min(settings.webhook_claim_min, settings.webhook_concurrency_max) or (
+            not self.sending
+        )
 
     async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool:
         """The claimed deliveries are on their way already (claim started their tasks)."""
@@ -117,6 +135,9 @@ class WebhookJob:
             log.exception("webhook_delivery_crashed", delivery_id=row["id"])
         finally:
             self.sending.pop(row["id"], None)
+            left = self.per_host.pop(row["host"], 1) - 1
+            if left:
+                self.per_host[row["host"]] = left
             self.place_freed.set()
 
     async def attempt(self, row: asyncpg.Record) -> Outcome:
@@ -139,9 +160,10 @@ class WebhookJob:
                 if target.host_header is not None:
                     headers["Host"] = target.host_header
                 extensions = {"sni_hostname": target.server_name} if target.server_name else {}
-                request = self.client.build_request("POST", target.url, content=body,
-                                                    headers=headers, extensions=extensions)  # fmt: skip
-                response = await self.client.send(request, stream=True)
+                client = self.client(row["host"])
+                request = client.build_request("POST", target.url, content=body, headers=headers,
+                                               extensions=extensions)  # fmt: skip
+                response = await client.send(request, stream=True)
                 try:
                     excerpt = await read_excerpt(
                         response, self.settings.webhook_response_excerpt_max
@@ -160,6 +182,31 @@ class WebhookJob:
         if 200 <= response.status_code < 300:
             return Outcome(True, duration_ms, response.status_code, None, excerpt)
         return failed(f"answered {response.status_code}", response.status_code, excerpt)
+
+    def client(self, host: str) -> httpx.AsyncClient:
+        """The host's client: its connections are kept for the next delivery there. A pool per
+        host, of at most as many connections as the host may have deliveries in flight, keeps
+        httpcore's per-request walk over its pool's connections short, and one host's
+        connections from crowding out another's."""
+        client = self.clients.get(host)
+        if client is None:
+            if len(self.clients) >= self.settings.webhook_host_clients_max:
+                self.forget_idle_clients()
+            limit = self.settings.webhook_host_in_flight_max
+            client = self.clients[host] = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.webhook_timeout_s),
+                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+                follow_redirects=False,  # a redirect would lead around the address check
+                trust_env=False,  # no proxy from the environment between us and the address checked
+            )  # fmt: skip
+        return client
+
+    def forget_idle_clients(self) -> None:
+        """Close the pools of the hosts with nothing in flight (their idle connections with them)."""
+        for host in [host for host in self.clients if host not in self.per_host]:
+            task = asyncio.create_task(self.clients.pop(host).aclose())
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
 
     def secret(self, sealed: str) -> str:
         """An endpoint's secret, opened once for many deliveries (the process keeps a few)."""
@@ -250,7 +297,8 @@ class WebhookJob:
             await asyncio.gather(self.recorder, return_exceptions=True)
         while self.finished:  # what was sent is recorded, or sent again after its lease
             await self.record_finished(pool)
-        await self.client.aclose()
+        for client in self.clients.values():
+            await client.aclose()
 
 
 async def read_excerpt(response: httpx.Response, characters_max: int) -> str | None:

@@ -52,8 +52,8 @@ SELECT a.id,
 SELECT endpoint_id FROM redeliver_webhook_event_v1($1, $2) ORDER BY endpoint_id;
 
 -- name: claim_webhook_deliveries
-SELECT id, attempt, url, secret_sealed, event_id, payload, created_at
-  FROM claim_webhook_deliveries_v1($1, $2, $3, $4);
+SELECT id, host, attempt, url, secret_sealed, event_id, payload, created_at
+  FROM claim_webhook_deliveries_v1($1, $2, $3, $4, $5::text[]);
 
 -- name: record_webhook_attempts
 SELECT id, outcome

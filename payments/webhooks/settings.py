@@ -28,7 +28,16 @@ class WebhookSettings(Section):
     # Deliveries one worker process has in flight at once: a slow receiver holds one place each,
     # never the loop, nor a database connection.
     webhook_concurrency_max: int = 64
-    webhook_claim_max: int = 32  # deliveries claimed in one statement (at most the free places)
+    # Deliveries claimed in one statement (at most the free places). A host below its share may
+    # get up to this many more than its share: those wait for one of its connections.
+    webhook_claim_max: int = 16
+    # A loop claims once this many places are free (or none is taken), not one place at a time.
+    webhook_claim_min: int = 8
+    # In flight to one host at once, per process, on as many connections: past it, a host's
+    # deliveries are not claimed, so a slow receiver with a backlog holds at most this many
+    # places (and the claim that crossed it), and the rest are left to other hosts.
+    webhook_host_in_flight_max: int = 16
+    webhook_host_clients_max: int = 256  # hosts with a connection pool kept; idle ones go past it
     webhook_record_batch_max: int = 64  # finished attempts recorded in one transaction
     webhook_endpoints_live_max: int = 16  # per user (409 webhook_endpoint_limit)
     webhook_response_excerpt_max: int = 200  # characters of a receiver's answer kept per attempt
