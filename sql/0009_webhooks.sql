@@ -56,6 +56,9 @@ CREATE TABLE webhook_delivery (
 CREATE INDEX webhook_delivery_due_idx ON webhook_delivery (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_delivery_failed_idx ON webhook_delivery (id) WHERE state = 'failed';
 CREATE INDEX webhook_delivery_endpoint_idx ON webhook_delivery (endpoint_id) WHERE state = 'pending';
+-- Claimed and never recorded (the lease owner stays): what runs out of attempts that way.
+CREATE INDEX webhook_delivery_claimed_idx ON webhook_delivery (next_attempt_at)
+    WHERE state = 'pending' AND lease_owner IS NOT NULL;
 
 -- Each attempt to send a delivery, for the owner's delivery log: what came back, how long it
 -- took, and at most 200 characters of the receiver's answer (never more of what it sent).
@@ -112,32 +115,39 @@ END $$;
 -- A worker's claim: up to p_limit deliveries due, soonest first, each now the worker's until
 -- now + p_lease_s (its next_attempt_at), its attempt counted; none for endpoints on the hosts
 -- in p_busy (the worker has as many in flight to each as it allows one host, so a slow
--- receiver's backlog cannot take every place). SKIP LOCKED: workers claiming at once never take the same
--- delivery, nor wait on each other. One claimed p_attempts_max times
--- whose worker never said how it went (it died each time) fails instead of being claimed again.
+-- receiver's backlog cannot take every place). A claim reads at most p_limit * 8 rows of the
+-- head of the queue: behind a longer run of busy hosts' deliveries, the others wait their turn.
+-- SKIP LOCKED: workers claiming at once never take the same delivery, nor wait on each other.
+-- One claimed p_attempts_max times whose worker never said how it went (it died each time)
+-- fails instead of being claimed again.
 CREATE FUNCTION claim_webhook_deliveries_v1(p_worker text, p_limit int, p_lease_s int,
                                             p_attempts_max int, p_busy text[])
 RETURNS TABLE (id bigint, host text, attempt int, url text, secret_sealed text,
                event_id text, payload text, created_at double precision)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- Only a claim never recorded keeps its lease owner: a short index finds those.
     UPDATE webhook_delivery d SET state = 'failed', lease_owner = NULL, updated_at = now()
      WHERE d.id IN (SELECT q.id FROM webhook_delivery q
-                     WHERE q.state = 'pending' AND q.next_attempt_at <= now()
-                       AND q.attempts >= p_attempts_max
+                     WHERE q.state = 'pending' AND q.lease_owner IS NOT NULL
+                       AND q.next_attempt_at <= now() AND q.attempts >= p_attempts_max
                      ORDER BY q.next_attempt_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
     RETURN QUERY
+    WITH candidate AS (  -- the head of the queue: a claim reads this much, however long it is
+        SELECT q.id, q.endpoint_id, q.next_attempt_at FROM webhook_delivery q
+         WHERE q.state = 'pending' AND q.next_attempt_at <= now()
+           AND q.attempts < p_attempts_max
+         ORDER BY q.next_attempt_at LIMIT p_limit * 8 FOR UPDATE SKIP LOCKED
+    ), chosen AS (
+        SELECT c.id FROM candidate c JOIN webhook_endpoint b ON b.id = c.endpoint_id
+         WHERE b.host <> ALL(p_busy)
+         ORDER BY c.next_attempt_at LIMIT p_limit
+    )
     UPDATE webhook_delivery d
        SET lease_owner = p_worker, attempts = d.attempts + 1, updated_at = now(),
            next_attempt_at = now() + make_interval(secs => p_lease_s)
-      FROM webhook_endpoint e, webhook_event v
-     WHERE e.id = d.endpoint_id AND v.id = d.event_id
-       AND d.id IN (SELECT q.id FROM webhook_delivery q
-                     WHERE q.state = 'pending' AND q.next_attempt_at <= now()
-                       AND q.attempts < p_attempts_max
-                       AND NOT EXISTS (SELECT 1 FROM webhook_endpoint b
-                                        WHERE b.id = q.endpoint_id AND b.host = ANY(p_busy))
-                     ORDER BY q.next_attempt_at LIMIT p_limit FOR UPDATE SKIP LOCKED)
+      FROM chosen ch, webhook_endpoint e, webhook_event v
+     WHERE d.id = ch.id AND e.id = d.endpoint_id AND v.id = d.event_id
     RETURNING d.id, e.host, d.attempts::int, e.url, e.secret_sealed, v.public_id, v.payload,
               extract(epoch FROM d.created_at)::float8;
 END $$;

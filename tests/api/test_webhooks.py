@@ -461,14 +461,15 @@ async def test_a_slow_hosts_backlog_leaves_places_for_other_hosts(
     client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings
 ) -> None:
     """With 4 places and a share of 2 per host, 10 deliveries due to a receiver that takes 2 s
-    each never take the 4 places: a delivery to another host goes out at once."""
+    each never take the 4 places: a delivery to another host goes out at once. (A claim reads
+    the head of the queue, 8 x webhook_claim_max rows: the 10 fit in it.)"""
     async with receiving(lambda n: (200, 2.0)) as slow, receiving() as fast:
         await add_endpoint(client, alice, f"{slow.url}/slow")
         for _ in range(10):
             await send(client, alice, bob.account_number, "1.00")
         await add_endpoint(client, bob, f"{fast.url}/fast")
         limits = {"webhook_concurrency_max": 4, "webhook_host_in_flight_max": 2,
-                  "webhook_claim_max": 1, "webhook_claim_min": 1}  # fmt: skip
+                  "webhook_claim_max": 2, "webhook_claim_min": 1}  # fmt: skip
         async with delivering(settings, **limits):
             await eventually(lambda: asyncio.sleep(0, len(slow.received) == 2))
             started = time.monotonic()
