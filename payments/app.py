@@ -64,6 +64,7 @@ from payments.platform.log import configure_logging, flush_logs_forever
 from payments.platform.redis_link import AnyRedis, connect_link
 from payments.services import Services
 from payments.settings import Settings
+from payments.webhooks import routes as webhooks
 
 API = "/api/v1"
 POOL_SAMPLE_INTERVAL_S = 5.0  # how fresh payments_db_pool_connections is
@@ -126,6 +127,14 @@ def routes() -> list[RuledRoute]:
         RuledRoute(f"{API}/payroll/jobs", POST=(payroll.create_job, BULK_MONEY)),
         RuledRoute(f"{API}/payroll/jobs/{{id}}", GET=(payroll.get_job, READ)),
         RuledRoute(f"{API}/payroll/jobs/{{id}}/items", GET=(payroll.list_items, READ)),
+        RuledRoute(
+            f"{API}/webhooks/endpoints",
+            GET=(webhooks.list_endpoints, READ),
+            POST=(webhooks.create_endpoint, KEY_MANAGEMENT),  # the secret is in the answer
+        ),
+        RuledRoute(f"{API}/webhooks/endpoints/{{id}}", DELETE=(webhooks.delete_endpoint, KEY_MANAGEMENT)),
+        RuledRoute(f"{API}/webhooks/endpoints/{{id}}/deliveries", GET=(webhooks.list_deliveries, READ)),
+        RuledRoute(f"{API}/webhooks/events/{{id}}/redeliver", POST=(webhooks.redeliver_event, READ)),
         RuledRoute("/metrics", GET=(metrics.metrics_endpoint, PUBLIC)),
         RuledRoute("/openapi.yaml", GET=(docs.openapi_document, PUBLIC)),
         RuledRoute("/docs", GET=(docs.docs_page, PUBLIC)),

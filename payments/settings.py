@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from pydantic import SecretStr, ValidationError
 
 from payments.admin.settings import AdminSettings
@@ -18,6 +19,7 @@ from payments.money.settings import MoneySettings
 from payments.payments.settings import PaymentSettings
 from payments.payroll.settings import PayrollSettings
 from payments.platform.settings import Env, PlatformSettings, SettingsError, read_dotenv
+from payments.webhooks.settings import WebhookSettings
 
 
 class Settings(
@@ -29,6 +31,7 @@ class Settings(
     FxSettings,
     PayrollSettings,
     AdminSettings,
+    WebhookSettings,
 ):
     """Defaults serve a developer on a fresh machine."""
 
@@ -65,7 +68,7 @@ class Settings(
                 field = field or str(problem.get("msg", "")).partition(":")[0].split()[-1]
                 names.add(variables.get(field, field.upper()))
             raise SettingsError(f"invalid settings: {', '.join(sorted(names))}") from None
-        return settings.with_jwt_secret()
+        return settings.with_jwt_secret().with_webhook_secret_key()
 
     def with_jwt_secret(self) -> Settings:
         """Production must bring its own key; development keeps one generated key per data folder."""
@@ -79,3 +82,17 @@ class Settings(
             path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
             path.chmod(0o600)
         return self.model_copy(update={"jwt_secret": SecretStr(path.read_text(encoding="utf-8"))})
+
+    def with_webhook_secret_key(self) -> Settings:
+        """As the JWT key: production brings its own, development keeps one per data folder."""
+        if self.webhook_secret_key.get_secret_value():
+            return self
+        if self.env == "production":
+            raise SettingsError("WEBHOOK_SECRET_KEY is required when ENV=production")
+        path = self.data_dir / "webhook_secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(Fernet.generate_key().decode(), encoding="utf-8")
+            path.chmod(0o600)
+        key = SecretStr(path.read_text(encoding="utf-8").strip())
+        return self.model_copy(update={"webhook_secret_key": key})

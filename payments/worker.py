@@ -1,5 +1,5 @@
-"""The worker: `python -m payments worker`. Each job (payments and payroll batches today; webhook
-deliveries later) is an object with claim, settle and release; the loop is the same for all.
+"""The worker: `python -m payments worker`. Each job (payments, payroll batches, webhook
+deliveries) is an object with claim, settle and release; the loop is the same for all.
 
 WORKER_CONCURRENCY loops per job claim due work with FOR UPDATE SKIP LOCKED under a lease and
 settle it; they wake on the job's LISTEN channel, and look again every WORKER_POLL_INTERVAL as a
@@ -27,6 +27,7 @@ from payments.payments.jobs import PaymentsJob
 from payments.payroll.jobs import PayrollJob
 from payments.platform.db import DB_ERRORS, UNREACHABLE, Q, create_pool
 from payments.settings import Settings
+from payments.webhooks.jobs import WebhookJob
 
 log = structlog.get_logger(__name__)
 WORKER_APPLICATION_NAME = "payments-worker"  # its connections, in pg_stat_activity
@@ -34,11 +35,13 @@ HEARTBEAT_INTERVAL_S = 5.0  # /ready counts a worker gone after three beats miss
 RECONNECT_PAUSE_S = 0.5  # after the database went away, before trying again
 BUSY_PAUSE_S = 0.02  # after a batch whose every item was busy elsewhere, before claiming again
 SHUTDOWN_GRACE_S = 10.0  # a batch in hand gets this long to finish on SIGTERM
+WEBHOOK_CONNECTIONS = 4  # the webhook sends share these to record their results, a moment each
 
 
 class Job(Protocol):
     name: str
     channel: str
+    loops: int | None  # claim loops per process; None: WORKER_CONCURRENCY
 
     async def claim(self, pool: asyncpg.Pool, worker: str) -> list[int]: ...
     async def settle(self, pool: asyncpg.Pool, worker: str, ids: list[int]) -> bool: ...
@@ -62,7 +65,7 @@ class Worker:
         loops = [
             asyncio.create_task(self.loop(job, f"{self.id}:{job.name}:{index}"))
             for job in self.jobs
-            for index in range(self.settings.worker_concurrency)
+            for index in range(job.loops or self.settings.worker_concurrency)
         ]
         listener = asyncio.create_task(self.listen())
         heartbeat = asyncio.create_task(self.beat())
@@ -164,14 +167,16 @@ class Worker:
 
 
 async def run_worker(settings: Settings) -> bool:
-    """The worker process: its jobs (payments and payroll), its pool (one connection per loop
-    of each job, and one to spare; the listener has a connection of its own), until SIGTERM or
-    SIGINT."""
+    """The worker process: its jobs (payments, payroll, webhook deliveries), its pool (one
+    connection per claiming loop, one to spare, and a few for the webhook deliveries' results;
+    the listener has a connection of its own), until SIGTERM or SIGINT."""
     redis = connect_redis(settings)
-    jobs: list[Job] = [PaymentsJob(settings, redis), PayrollJob(settings, redis)]
-    loops = settings.worker_concurrency * len(jobs)
+    webhooks = WebhookJob(settings)
+    jobs: list[Job] = [PaymentsJob(settings, redis), PayrollJob(settings, redis), webhooks]
+    loops = sum(job.loops or settings.worker_concurrency for job in jobs)
     pool = await create_pool(settings, str(settings.database_url),
-                             application_name=WORKER_APPLICATION_NAME, size_max=loops + 1)  # fmt: skip
+                             application_name=WORKER_APPLICATION_NAME,
+                             size_max=loops + 1 + WEBHOOK_CONNECTIONS)  # fmt: skip
     worker = Worker(settings, pool, jobs)
     loop = asyncio.get_running_loop()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
@@ -179,5 +184,6 @@ async def run_worker(settings: Settings) -> bool:
     try:
         return await worker.run()
     finally:
+        await webhooks.stop(pool, SHUTDOWN_GRACE_S)
         await redis.aclose()
         await pool.close()

@@ -8,7 +8,8 @@ from payments.platform.db import Q
 
 CLEAN_TABLES = (
     "payment, ledger_entry, transfer, idempotency_key, refresh_token, token_family, audit_log,"
-    " api_key, worker_heartbeat, fx_quote, payroll_item, payroll_job"
+    " api_key, worker_heartbeat, fx_quote, payroll_item, payroll_job, webhook_attempt,"
+    " webhook_delivery, webhook_event, webhook_endpoint"
 )
 
 

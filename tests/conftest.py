@@ -22,6 +22,7 @@ from tests.redis_cluster import running_cluster
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "payments_test"
 TEST_REDIS_DB = 15
+TEST_WEBHOOK_SECRET_KEY = "dGVzdC13ZWJob29rLXNlY3JldC1rZXktMzJieXRlcyE="  # a Fernet key: 32 bytes
 
 
 def with_database(url: str, database: str) -> str:
@@ -84,6 +85,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: object) -> Set
         redis_url=redis_url,
         redis_cluster=CLUSTERED,
         jwt_secret=SecretStr("test-secret-" + "x" * 40),
+        webhook_secret_key=SecretStr(TEST_WEBHOOK_SECRET_KEY),
         argon2_time_cost=1,
         argon2_memory_cost_kib=1024,
         rate_limit_global=RateLimit(name="global", count=100_000, period_s=60),

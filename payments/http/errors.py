@@ -30,6 +30,7 @@ IDEMPOTENCY_KEY_IN_USE = ProblemType(409, "idempotency_key_in_use", "Request sti
 EMAIL_TAKEN = ProblemType(409, "email_taken", "Email already registered")
 ACCOUNT_EXISTS = ProblemType(409, "account_exists", "Account already exists")
 API_KEY_LIMIT = ProblemType(409, "api_key_limit", "Too many API keys")
+WEBHOOK_ENDPOINT_LIMIT = ProblemType(409, "webhook_endpoint_limit", "Too many webhook endpoints")
 ALREADY_REVERSED = ProblemType(409, "already_reversed", "Transaction already reversed")
 NOT_REVERSIBLE = ProblemType(409, "not_reversible", "Transaction cannot be reversed")
 QUOTE_USED = ProblemType(

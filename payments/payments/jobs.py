@@ -23,6 +23,7 @@ class PaymentsJob:
 
     name = "payments"
     channel = "payment_due"  # create_payment_v1 notifies it when an accepted payment commits
+    loops: int | None = None  # WORKER_CONCURRENCY
 
     def __init__(self, settings: Settings, redis: AnyRedis) -> None:
         self.settings = settings

@@ -25,6 +25,8 @@ class PayrollJob:
     name = "payroll"
     channel = "payroll_due"  # create_payroll_job_v1 notifies it when an accepted job commits
 
+    loops: int | None = None  # WORKER_CONCURRENCY
+
     def __init__(self, settings: Settings, redis: AnyRedis) -> None:
         self.settings = settings
         self.redis = redis

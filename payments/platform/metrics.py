@@ -93,6 +93,19 @@ PAYMENT_OLDEST_PENDING_AGE = Gauge(
     "How long the oldest pending payment has waited for a worker.",
     multiprocess_mode="livemostrecent",
 )
+WEBHOOK_DELIVERIES = Gauge(
+    "payments_webhook_deliveries", "Webhook deliveries by state (pending: still to send; failed: gave up).",
+    ["state"], multiprocess_mode="livemostrecent",
+)  # fmt: skip
+WEBHOOK_ATTEMPTS = Counter(
+    "payments_webhook_attempts_total", "Webhook delivery attempts by outcome (delivered, retrying, failed).",
+    ["outcome"],
+)  # fmt: skip
+WEBHOOK_DELIVERY_LATENCY = Histogram(
+    "payments_webhook_delivery_latency_seconds",
+    "Time from an event's emission to its delivery (a 2xx from the receiver), retries included.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 LEDGER_INVARIANT_VIOLATIONS = Counter(
     "payments_ledger_invariant_violations_total",
     "Currencies whose entries do not sum to zero, balances that are not the sum of their entries, "
@@ -115,7 +128,8 @@ AUDIT_EVENTS_DROPPED = Counter(
 # never changes for the same labels (and our label values come from closed sets): remembered.
 for _metric in (HTTP_REQUESTS, HTTP_DURATION, TRANSFERS, AMOUNT_MOVED, RATE_LIMIT_DECISIONS,
                 IDEMPOTENCY_OUTCOMES, CACHE_LOOKUPS, REDIS_FALLBACKS, DB_POOL_CONNECTIONS,
-                PAYMENTS_SETTLED, PAYMENT_QUEUE, AUDIT_EVENTS_DROPPED):  # fmt: skip
+                PAYMENTS_SETTLED, PAYMENT_QUEUE, AUDIT_EVENTS_DROPPED, WEBHOOK_DELIVERIES,
+                WEBHOOK_ATTEMPTS):  # fmt: skip
     _metric.labels = functools.lru_cache(maxsize=1024)(_metric.labels)  # type: ignore[method-assign, assignment]
 
 

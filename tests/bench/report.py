@@ -33,6 +33,31 @@ TARGETS = [
     ("payment-latency p99 ms (absolute)", "payment-latency", None, "p99_ms", 250, "max"),
     ("fx-transfer / transfer", "fx-transfer", "transfer", "requests_per_s", 0.8, "min"),
     ("payroll items/s / raw-sql", "payroll", "raw-sql", "requests_per_s", 3.0, "min"),
+    # Deliveries keep up with half the transfer rate, and delivering costs transfers <= 15%.
+    (
+        "webhook deliveries / transfer",
+        "fanout: deliveries",
+        "fanout: delivering",
+        "requests_per_s",
+        0.5,
+        "min",
+    ),
+    (
+        "webhook transfer, delivering / none",
+        "fanout: delivering",
+        "fanout: no endpoint",
+        "requests_per_s",
+        0.85,
+        "min",
+    ),
+    (
+        "webhook transfer p99, receiver 2 s / none",
+        "fanout: receiver 2s",
+        "fanout: no endpoint",
+        "p99_ms",
+        1.5,
+        "max",
+    ),
 ]
 
 

@@ -7,7 +7,8 @@ of the way, and drives each scenario with BENCH_CLIENTS keep-alive clients (32) 
 `bench-results/bench.png`. BENCH_PGBOUNCER=1 puts PgBouncer (transaction pooling,
 tests/pgbouncer.py) between the service (and raw-sql) and PostgreSQL. BENCH_WORKERS sets the API processes (the default of WORKERS, 1, as make run); BENCH_SCENARIOS=transfer,raw-sql runs only those; BENCH_BACKLOG and
 BENCH_WORKER_CONCURRENCY size the payment-settle scenario. REDIS_CLUSTER=true runs it against a
-local Redis Cluster of three primaries and three replicas (tests/redis_cluster.py) instead.
+local Redis Cluster of three primaries and three replicas (tests/redis_cluster.py) instead;
+webhook-fanout measures transfers with and without webhook deliveries (tests/bench/webhooks.py).
 
 raw-sql is the service's own transfer statement sent with asyncpg from here, no HTTP: the floor
 the transfer scenario is measured against. After the money scenarios the books are checked."""
@@ -35,8 +36,9 @@ from payments.platform.db import Q
 from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from payments.settings import Settings
+from payments.webhooks.sealing import Sealer
 from tests.api.processes import server
-from tests.bench import fx_payroll, payments
+from tests.bench import fx_payroll, payments, webhooks
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
@@ -250,7 +252,8 @@ def postgres_processes(database_url: str) -> set[int]:
 
 
 SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql",
-             "payment-accept", "payment-settle", "payment-latency", "fx-transfer", "payroll")  # fmt: skip
+             "payment-accept", "payment-settle", "payment-latency", "fx-transfer", "payroll",
+             "webhook-fanout")  # fmt: skip
 
 
 @dataclass
@@ -310,6 +313,8 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return await fx_transfers(bench)
         case "payroll":
             return [await payroll(bench)]
+        case "webhook-fanout":
+            return await webhook_fanout(bench)
         case "raw-sql":  # through PgBouncer too when the service is: no statement cache there
             async with asyncpg.create_pool(bench.pooled_url or bench.database_url, min_size=bench.pool_size,
                                            max_size=bench.pool_size,
@@ -317,6 +322,23 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
                 attempts = raw_sql(pool, users, clients, bench.key_ttl_s)
                 return [await drive(Result(name, clients), attempts, seconds, meter)]
     raise SystemExit(f"no scenario {name!r}: choose from {', '.join(SCENARIOS)}")
+
+
+async def webhook_fanout(bench: Bench) -> list[Result]:
+    """Transfers without endpoints, then with every delivery to a receiver that answers at once,
+    then to one that sleeps 2 s (tests/bench/webhooks.py)."""
+
+    async def measure_transfers(name: str) -> Result:
+        attempts = transfers(bench.port, bench.users, bench.clients, None)
+        return await drive(Result(name, bench.clients), attempts, bench.seconds, bench.meter)
+
+    def delivery_result(name: str, seconds: float, latencies_s: list[float]) -> Result:
+        result = Result(name, 0, seconds)
+        result.latencies_s = latencies_s  # its rate: deliveries per second over the window
+        return result
+
+    sealer = Sealer(make_settings(bench.database_url, bench.redis_url))
+    return await webhooks.fanout(bench.database_url, sealer, measure_transfers, delivery_result)
 
 
 async def settle_backlog(bench: Bench, extra_workers: int) -> Result:
@@ -423,12 +445,14 @@ async def run(names: list[str], seconds: float, clients: int, workers: int, out:
         with server(settings, data_dir, workers=workers, command="run", RATE_LIMIT_GLOBAL=RAISED,
                     RATE_LIMIT_AUTH=RAISED, RATE_LIMIT_TRANSFER=RAISED, RATE_LIMIT_LOGIN=RAISED,
                     LOG_LEVEL="info", WORKER_CONCURRENCY=payments.LOOPS,
+                    WEBHOOK_SECRET_KEY=settings.webhook_secret_key.get_secret_value(),
                     SIGN_IN_CONCURRENCY_PER_ADDRESS=str(clients)) as (base_url, process):  # fmt: skip
             print(f"bench: {workers} API processes on {base_url} (pid {process.pid}); {clients} "
                   f"clients, {seconds:.0f} s a scenario after {WARMUP_S:.0f} s of warm-up",
                   file=sys.stderr)  # fmt: skip
             meter = CpuMeter({
-                "api": lambda: process_tree(process.pid),
+                "api": lambda: process_tree(process.pid) - set(payments.worker_pids(process.pid)),
+                "worker": lambda: set(payments.worker_pids(process.pid)),
                 "postgres": lambda: postgres_processes(database_url),
                 "redis": lambda: set().union(*(listening_on(port) for port in redis_ports)),
                 "client": lambda: {os.getpid()},

@@ -15,6 +15,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from payments.platform import metrics
 from payments.settings import Settings
+from tests.conftest import TEST_WEBHOOK_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "compose.yaml"
@@ -166,7 +167,11 @@ def test_the_api_runs_in_production_with_a_secret_of_its_own() -> None:
 
 def test_the_api_environment_is_valid_settings() -> None:
     """What compose sets, the service accepts (a typo in a port or an address stops it)."""
-    environment = {**api_environment(), "JWT_SECRET": "x" * 48}
+    environment = {
+        **api_environment(),
+        "JWT_SECRET": "x" * 48,
+        "WEBHOOK_SECRET_KEY": TEST_WEBHOOK_SECRET_KEY,
+    }
     settings = Settings.from_environ(environment, dotenv=None)
     assert settings.metrics_port is not None
     assert settings.forwarded_allow_ips
@@ -204,14 +209,19 @@ def test_the_worker_runs_in_production_with_the_apis_servers_and_secret() -> Non
     environment = environment_of("worker")
     assert environment["ENV"] == "production"
     assert re.fullmatch(r"\$\{JWT_SECRET:\?[^}]+\}", environment["JWT_SECRET"])
-    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "ENV"):
+    assert re.fullmatch(r"\$\{WEBHOOK_SECRET_KEY:\?[^}]+\}", environment["WEBHOOK_SECRET_KEY"])
+    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "WEBHOOK_SECRET_KEY", "ENV"):
         assert environment[name] == api_environment()[name], name
 
 
 def test_prometheus_scrapes_the_worker_metrics_port() -> None:
     """The worker's metrics listener is reachable from Prometheus: on every interface of its
     container, on the port Prometheus scrapes."""
-    environment = {**environment_of("worker"), "JWT_SECRET": "x" * 48}
+    environment = {
+        **environment_of("worker"),
+        "JWT_SECRET": "x" * 48,
+        "WEBHOOK_SECRET_KEY": TEST_WEBHOOK_SECRET_KEY,
+    }
     settings = Settings.from_environ(environment, dotenv=None)
     assert settings.metrics_port is not None
     assert settings.host == "0.0.0.0"

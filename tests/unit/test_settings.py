@@ -7,6 +7,7 @@ import pytest
 from payments.platform.embedded import EmbeddedMissing, require
 from payments.platform.settings import RateLimit, SettingsError, parse_duration_s, read_dotenv
 from payments.settings import Settings
+from tests.conftest import TEST_WEBHOOK_SECRET_KEY
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,11 @@ def test_every_invalid_value_stops_start_up_naming_its_variable(
 
 def test_the_opening_balance_is_zero_in_production(tmp_path: Path) -> None:
     """Money enters production only through deposits; development and test keep 1000.00."""
-    common = {"DATA_DIR": str(tmp_path), "JWT_SECRET": "p" * 40}
+    common = {
+        "DATA_DIR": str(tmp_path),
+        "JWT_SECRET": "p" * 40,
+        "WEBHOOK_SECRET_KEY": TEST_WEBHOOK_SECRET_KEY,
+    }
     production = Settings.from_environ({**common, "ENV": "production"}, dotenv=None)
     assert production.opening_balance_text == "0"
     assert Settings.from_environ(common, dotenv=None).opening_balance_text == "1000.00"
@@ -153,9 +158,10 @@ def test_each_domain_keeps_its_section_and_one_object_reads_them_all() -> None:
     from payments.payments.settings import PaymentSettings
     from payments.payroll.settings import PayrollSettings
     from payments.platform.settings import PlatformSettings
+    from payments.webhooks.settings import WebhookSettings
 
     sections = (PlatformSettings, HttpSettings, IdentitySettings, MoneySettings, PaymentSettings,
-                FxSettings, PayrollSettings, AdminSettings)  # fmt: skip
+                FxSettings, PayrollSettings, AdminSettings, WebhookSettings)  # fmt: skip
     fields = [set(section.model_fields) for section in sections]
     assert set().union(*fields) == set(Settings.model_fields)
     assert sum(len(f) for f in fields) == len(Settings.model_fields)  # no field in two sections
@@ -169,3 +175,27 @@ def test_a_redis_cluster_is_named_by_one_node_on_database_zero(tmp_path: Path) -
     for url in ("redis://10.0.0.5:7000/15", "unix:///run/redis.sock"):
         with pytest.raises(SettingsError, match="REDIS_URL"):
             Settings.from_environ({**seed, "REDIS_URL": url, "REDIS_CLUSTER": "true"}, dotenv=None)
+
+
+def test_production_requires_a_webhook_key(tmp_path: Path) -> None:
+    """Endpoint secrets are sealed with a key from the environment; production brings its own."""
+    environ = {"ENV": "production", "DATA_DIR": str(tmp_path), "JWT_SECRET": "p" * 40}
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET_KEY"):
+        Settings.from_environ(environ, dotenv=None)
+
+
+def test_development_makes_one_webhook_key_per_data_folder(tmp_path: Path) -> None:
+    first = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    again = Settings.from_environ({"DATA_DIR": str(tmp_path)}, dotenv=None)
+    key = first.webhook_secret_key.get_secret_value()
+    assert len(key) == 44
+    assert again.webhook_secret_key.get_secret_value() == key
+    assert (tmp_path / "webhook_secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_a_webhook_key_that_is_no_fernet_key_stops_start_up(tmp_path: Path) -> None:
+    environ = {"DATA_DIR": str(tmp_path), "WEBHOOK_SECRET_KEY": "too-short-s3cret"}
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_environ(environ, dotenv=None)
+    assert "WEBHOOK_SECRET_KEY" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
