@@ -262,6 +262,8 @@ BEGIN
      WHERE q.id = v_quote.id;
     SELECT a.status, a.body, a.parties INTO status, body, parties
       FROM answer_money_v1(v_claim.key_id, v_out.transfer_id, NULL, NULL) a;
+    -- To both parties, in this transaction (emit_event_v1 is made by 0009, before any call).
+    PERFORM emit_event_v1('transaction.created', parties, body::json);
 END $$;
 
 -- A bulk payment from one account: its items are paid by the worker in index order, in
@@ -538,7 +540,6 @@ BEGIN
      WHERE i.job_id = p_job_id AND i.item_index = u.item_index;
 
     IF v_last = v_job.total_items THEN
-        -- emits payroll_job.completed (webhooks)
         UPDATE payroll_job j
            SET checkpoint = v_last, succeeded_items = j.succeeded_items + v_paid,
                failed_items = j.failed_items + v_failed,
@@ -546,6 +547,9 @@ BEGIN
                              ELSE 'COMPLETED' END,
                finished_at = now(), lease_owner = NULL, lease_until = NULL
          WHERE j.id = p_job_id;
+        -- payroll_job.completed to the job's owner, with the job as it ended (webhooks, 0009).
+        PERFORM emit_event_v1('payroll_job.completed', ARRAY[v_job.source_user_id],
+                              (SELECT o.body FROM payroll_job_out o WHERE o.id = p_job_id));
     ELSE
         UPDATE payroll_job j
            SET checkpoint = v_last, succeeded_items = j.succeeded_items + v_paid,

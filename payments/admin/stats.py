@@ -38,11 +38,19 @@ async def payroll_queue(pool: asyncpg.Pool) -> QueueStats:
     return {"queued": row["queued"], "processing": row["processing"]}
 
 
+async def webhook_queue(pool: asyncpg.Pool) -> QueueStats:
+    """Webhook deliveries still to send and those given up on, each read from its partial index."""
+    row = await pool.fetchrow(Q.webhook_queue_stats)
+    assert row is not None
+    return {"pending": row["pending"], "failed": row["failed"]}
+
+
 # Every queue of the service, by the name /queue/stats reports it under: one provider per domain
 # whose work waits in a table. A domain with a queue adds its provider here.
 QUEUE_PROVIDERS: dict[str, QueueProvider] = {
     "payments": payments_queue,
     "payroll_jobs": payroll_queue,
+    "webhook_deliveries": webhook_queue,
 }
 
 

@@ -87,8 +87,9 @@ async def test_queue_stats_count_the_payments_not_yet_final(
     await db.execute("UPDATE payment SET created_at = now() - interval '90 seconds' WHERE id = 2")
 
     stats = (await client.get("/api/v1/queue/stats", headers=admin.auth)).json()
-    assert set(stats) == {"payments", "payroll_jobs"}  # webhook deliveries join as they land
+    assert set(stats) == {"payments", "payroll_jobs", "webhook_deliveries"}
     assert stats["payroll_jobs"] == {"queued": 0, "processing": 0}
+    assert stats["webhook_deliveries"] == {"pending": 0, "failed": 0}
     assert (stats["payments"]["pending"], stats["payments"]["processing"]) == (2, 1)
     assert 90 <= stats["payments"]["oldest_pending_age_s"] < 120
 

@@ -4,6 +4,7 @@ all), signed deliveries with retries and a delivery log, redelivery, and the add
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from payments.platform.db import Q, create_pool
 from payments.settings import Settings
@@ -21,6 +23,8 @@ from payments.webhooks.sealing import Sealer
 from payments.worker import Worker
 from tests.api.conftest import serving
 from tests.api.receiver import Receiver, signature_is_valid
+from tests.api.test_fx import open_account, quote_id
+from tests.api.test_payroll import finished, open_payees, paying, submit
 from tests.api.users import User, new_user, send
 
 API = "/api/v1/webhooks"
@@ -477,3 +481,40 @@ async def test_a_slow_hosts_backlog_leaves_places_for_other_hosts(
             await eventually(lambda: asyncio.sleep(0, len(fast.received) == 1), timeout_s=1.5)
             assert time.monotonic() - started < 1.0
             assert len(slow.received) == 2  # its share, no more
+
+
+async def test_an_fx_transfer_emits_transaction_created_to_both_parties(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
+    bob_eur = await open_account(client, bob, "EUR")
+    await add_endpoint(client, alice, "https://example.com/a")
+    await add_endpoint(client, bob, "https://example.com/b")
+    quote = await quote_id(client, alice, "USD", "EUR", "10.00")
+    sent = await send(client, alice, bob_eur, None, fx_quote_id=quote)
+    assert sent.status_code == 201, sent.text
+    rows = await db.fetch("SELECT id, type, payload FROM webhook_event")
+    assert [row["type"] for row in rows] == ["transaction.created"]
+    assert json.loads(rows[0]["payload"])["data"]["object"]["id"] == sent.json()["id"]
+    assert await db.fetchval("SELECT count(*) FROM webhook_delivery WHERE event_id = $1",
+                             rows[0]["id"]) == 2  # fmt: skip
+
+
+async def test_a_finished_payroll_job_emits_payroll_job_completed_once(
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool, redis: Redis, settings: Settings
+) -> None:
+    await add_endpoint(client, alice, "https://example.com/a", ["payroll_job.completed"])
+    payees = await open_payees(db, 3)
+    submitted = await submit(
+        client, alice, [{"to_account_number": n, "amount": "1.00"} for n in payees]
+    )
+    assert submitted.status_code == 202, submitted.text
+    async with paying(settings, db, redis, payroll_batch_size=2):
+        job = await finished(client, alice, submitted.json()["id"])
+    rows = await db.fetch("SELECT type, payload FROM webhook_event")
+    assert [row["type"] for row in rows] == ["payroll_job.completed"]
+    emitted = json.loads(rows[0]["payload"])["data"]["object"]
+    assert (emitted["id"], emitted["status"], emitted["progress"]) == (
+        job["id"],
+        "COMPLETED",
+        "3/3",
+    )
