@@ -232,7 +232,10 @@ BEGIN
     created_at := utc_text(v_created);
     INSERT INTO audit_log (actor_id, action, target, ip, request_id, details)
     VALUES (p_user_id, 'webhook_endpoint.created', id::text, p_ip, p_request_id,
-            jsonb_build_object('url', p_url, 'events', p_events));
+            -- the URL without credentials or a query, either of which may carry a secret
+            jsonb_build_object('url', regexp_replace(split_part(split_part(p_url, '#', 1), '?', 1),
+                                                     '^([A-Za-z]+://)[^/@]*@', '\1'),
+                               'events', p_events));
 END $$;
 
 -- POST /webhooks/events/{id}/redeliver: every delivery of the event to the caller's live

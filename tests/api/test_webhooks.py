@@ -518,3 +518,15 @@ async def test_a_finished_payroll_job_emits_payroll_job_completed_once(
         "COMPLETED",
         "3/3",
     )
+
+
+async def test_the_audit_row_of_an_endpoint_keeps_no_secret_of_its_url(
+    client: httpx.AsyncClient, alice: User, db: asyncpg.Pool
+) -> None:
+    made = await add_endpoint(client, alice, "https://hooks.example.com/in?token=t0ken-s3cret")
+    details = await db.fetchval(
+        "SELECT details::text FROM audit_log WHERE action = 'webhook_endpoint.created'"
+    )
+    assert details is not None and "t0ken-s3cret" not in details
+    assert '"url": "https://hooks.example.com/in"' in details
+    assert made["url"] == "https://hooks.example.com/in?token=t0ken-s3cret"  # the owner's own
