@@ -35,7 +35,7 @@ from payments.platform.embedded import servers
 from payments.platform.migrate import migrate
 from payments.settings import Settings
 from tests.api.processes import server
-from tests.bench import payments
+from tests.bench import ledger, payments
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
@@ -248,7 +248,7 @@ def postgres_processes(database_url: str) -> set[int]:
 
 
 SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql",
-             "payment-accept", "payment-settle", "payment-latency")  # fmt: skip
+             "payment-accept", "payment-settle", "payment-latency", "ledger-chain")  # fmt: skip
 
 
 @dataclass
@@ -304,6 +304,12 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return [await settle_backlog(bench, extra_workers) for extra_workers in (0, 1)]
         case "payment-latency":
             return [await settle_latency(bench)]
+        case "ledger-chain":  # last: it leaves one account with CHAIN_ENTRIES entries
+            timings, measured = await ledger.chain_check(port, bench.database_url, users)
+            print(f"  ledger-chain: {measured}", file=sys.stderr)
+            result = Result(name, 1, sum(timings))
+            result.latencies_s = timings
+            return [result]
         case "raw-sql":  # through PgBouncer too when the service is: no statement cache there
             async with asyncpg.create_pool(bench.pooled_url or bench.database_url, min_size=bench.pool_size,
                                            max_size=bench.pool_size,
