@@ -38,7 +38,7 @@ from payments.platform.migrate import migrate
 from payments.settings import Settings
 from payments.webhooks.sealing import Sealer
 from tests.api.processes import server
-from tests.bench import fx_payroll, payments, webhooks
+from tests.bench import fx_payroll, ledger, payments, webhooks
 from tests.bench.client import Connection, request
 from tests.bench.cpu import CpuMeter
 from tests.bench.report import print_table, ratios, write_results
@@ -253,7 +253,7 @@ def postgres_processes(database_url: str) -> set[int]:
 
 SCENARIOS = ("ping", "balance", "login", "transfer", "transfer-hot", "replay", "raw-sql",
              "payment-accept", "payment-settle", "payment-latency", "fx-transfer", "payroll",
-             "webhook-fanout")  # fmt: skip
+             "webhook-fanout", "ledger-chain")  # fmt: skip
 
 
 @dataclass
@@ -315,6 +315,12 @@ async def scenario(name: str, bench: Bench) -> list[Result]:
             return [await payroll(bench)]
         case "webhook-fanout":
             return await webhook_fanout(bench)
+        case "ledger-chain":  # last: it leaves one account with CHAIN_ENTRIES entries
+            timings, measured = await ledger.chain_check(port, bench.database_url, users)
+            print(f"  ledger-chain: {measured}", file=sys.stderr)
+            result = Result(name, 1, sum(timings))
+            result.latencies_s = timings
+            return [result]
         case "raw-sql":  # through PgBouncer too when the service is: no statement cache there
             async with asyncpg.create_pool(bench.pooled_url or bench.database_url, min_size=bench.pool_size,
                                            max_size=bench.pool_size,
