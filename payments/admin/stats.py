@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from redis.asyncio import RedisCluster
 from starlette.requests import Request
 from starlette.responses import Response
 
 from payments.http.responses import json_response
 from payments.platform import metrics
 from payments.platform.db import Q
-from payments.platform.redis_link import REDIS_ERRORS
+from payments.platform.redis_link import REDIS_ERRORS, AnyRedis
 from payments.services import services
 
 QueueStats = dict[str, int | float]
@@ -83,13 +84,24 @@ async def cache_stats(request: Request) -> Response:
         "default_ttl_s": found.settings.cache_ttl_s,
     }  # fmt: skip
     try:
-        async with found.redis.pipeline(transaction=False) as pipe:
-            pipe.info("memory")
-            pipe.dbsize()
-            memory, keys = await pipe.execute()
+        keys, memory_bytes = await redis_size(found.redis)
     except REDIS_ERRORS:
         stats["connected"] = False
         return json_response(200, stats)
-    stats["keys"] = int(keys)
-    stats["memory_bytes"] = int(memory["used_memory"])
+    stats["keys"], stats["memory_bytes"] = keys, memory_bytes
     return json_response(200, stats)
+
+
+async def redis_size(redis: AnyRedis) -> tuple[int, int]:
+    """Keys and memory used: one round trip to a single Redis; on a cluster, every primary's
+    summed (its client sums DBSIZE itself, and will not pipeline INFO)."""
+    if isinstance(redis, RedisCluster):
+        keys, by_node = await asyncio.gather(
+            redis.dbsize(), redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        )
+        return int(keys), sum(int(info["used_memory"]) for info in by_node.values())
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.info("memory")
+        pipe.dbsize()
+        memory, keys = await pipe.execute()
+    return int(keys), int(memory["used_memory"])

@@ -25,13 +25,14 @@ from typing import Any, Protocol, cast
 import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError, ResponseError
 
 from payments.platform.settings import PlatformSettings
 
 Command = tuple[Any, ...]
 # What a Redis call may fail with, through this link or redis-py: every caller falls back on it.
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# RedisClusterException is no RedisError: the cluster client raises it when no node answers.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 # redis-py's client, for one node or a cluster: what services.redis holds.
 AnyRedis = Redis | RedisCluster
 
