@@ -18,7 +18,7 @@ from payments.payroll.jobs import PayrollJob
 from payments.platform.db import Q
 from payments.settings import Settings
 from payments.worker import Worker
-from tests.api.users import User, make_admin
+from tests.api.users import User, make_admin, send
 from tests.books import assert_books_balance, balance_minor
 
 JOBS = "/api/v1/payroll/jobs"
@@ -161,6 +161,36 @@ async def test_a_job_whose_account_runs_dry_fails_exactly_the_unaffordable_items
     assert seen == [1, 2, 3, 4, 5]
     bad = await client.get(f"{JOBS}/{job['id']}/items?status=DONE", headers=alice.auth)
     assert (bad.status_code, bad.json()["code"]) == (422, "validation_error")
+
+
+async def test_a_batch_paid_as_a_set_chains_every_entry_and_reconciles(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, redis: Redis,
+    settings: Settings,
+) -> None:  # fmt: skip
+    """One payee paid several times within a batch and across batches, an item that cannot be
+    afforded between them, and a transfer to the same payee beside the job: every balance is
+    the sum of its entries, every chain is whole, and reconciliation finds nothing."""
+    payees = await open_payees(db, 2)
+    plan = [(payees[0], "100.00"), (payees[1], "50.00"), (payees[0], "200.00"),
+            (payees[0], "900.00"), (payees[1], "25.00"), (payees[0], "1.00"),
+            (bob.account_number, "10.00")]  # fmt: skip
+    items = [{"to_account_number": n, "amount": a} for n, a in plan]
+    job = (await submit(client, alice, items)).json()
+    async with paying(settings, db, redis, payroll_batch_size=4):
+        await send(client, alice, bob.account_number, "3.00")
+        done = await finished(client, alice, job["id"])
+    assert (done["succeeded_items"], done["failed_items"]) == (6, 1)  # 900.00 was too much
+    assert [await balance_minor(db, n) for n in payees] == [301_00, 75_00]
+    assert await balance_minor(db, alice.account_number) == 100_000 - 386_00 - 3_00
+    broken = await db.fetch(
+        "SELECT a.account_number, c.tampered_at FROM account a, ledger_chain_v1(a.id) c"
+        " WHERE NOT c.valid"
+    )
+    assert broken == []
+    found = await db.fetch(
+        "SELECT kind, entry_id FROM book_discrepancies_v1(NULL, now() - interval '1 hour', now())"
+    )
+    assert found == []
 
 
 async def test_every_item_is_checked_before_anything_is_stored(
