@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from payments.payments.jobs import PaymentsJob
+from payments.payroll.jobs import PayrollJob
 from payments.platform.db import Q
 from payments.settings import Settings
 from payments.worker import Worker
@@ -36,17 +37,19 @@ async def pay(
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, db: asyncpg.Pool, redis: Redis, **overrides: object
-) -> AsyncIterator[Worker]:
-    """A worker in this process, on the tests' pool, for as long as the block runs."""
+    settings: Settings, db: asyncpg.Pool, redis: Redis,
+    job: type[PaymentsJob | PayrollJob] = PaymentsJob, **overrides: object,
+) -> AsyncIterator[Worker]:  # fmt: skip
+    """A worker with one job (the payments job unless told), in this process, on the tests'
+    pool, for as long as the block runs; it must stop cleanly."""
     tuned = settings.model_copy(update={"worker_poll_interval_s": 0.05, **overrides})
-    worker = Worker(tuned, db, [PaymentsJob(tuned, redis)])
+    worker = Worker(tuned, db, [job(tuned, redis)])
     task = asyncio.create_task(worker.run())
     try:
         yield worker
     finally:
         worker.stopping.set()
-        await task
+        assert await task
 
 
 async def settled(db: asyncpg.Pool, count: int, timeout_s: float = 20.0) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -17,7 +15,7 @@ from redis.asyncio import Redis
 from payments.payroll.jobs import PayrollJob
 from payments.platform.db import Q
 from payments.settings import Settings
-from payments.worker import Worker
+from tests.api.test_payments import running_worker
 from tests.api.users import User, make_admin, send
 from tests.books import assert_books_balance, balance_minor
 
@@ -46,21 +44,6 @@ async def submit(
     headers = {**user.auth, "Idempotency-Key": key or uuid.uuid4().hex}
     body = {"name": "November payroll", "items": items, **fields}
     return await client.post(JOBS, json=body, headers=headers)
-
-
-@asynccontextmanager
-async def paying(
-    settings: Settings, db: asyncpg.Pool, redis: Redis, **overrides: object
-) -> AsyncIterator[Worker]:
-    """A worker with the payroll job only, in this process, while the block runs."""
-    tuned = settings.model_copy(update={"worker_poll_interval_s": 0.05, **overrides})
-    worker = Worker(tuned, db, [PayrollJob(tuned, redis)])
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stopping.set()
-        assert await task
 
 
 async def finished(
@@ -101,7 +84,7 @@ async def test_a_job_pays_every_item_once_and_shows_its_progress(
     assert (audited["actor_id"], audited["target"]) == (alice.user_id, f"payroll_job:{job['id']}")
     assert json.loads(audited["details"])["total_items"] == 3
 
-    async with paying(settings, db, redis):
+    async with running_worker(settings, db, redis, PayrollJob):
         done = await finished(client, alice, job["id"])
     assert {k: done[k] for k in ("status", "processed_items", "succeeded_items", "failed_items",
                                  "checkpoint", "progress")} == {
@@ -137,7 +120,7 @@ async def test_a_job_whose_account_runs_dry_fails_exactly_the_unaffordable_items
     amounts = ["400.00", "400.00", "400.00", "100.00", "300.00"]  # 1000.00 to spend
     items = [{"to_account_number": n, "amount": a} for n, a in zip(payees, amounts, strict=True)]
     job = (await submit(client, alice, items)).json()
-    async with paying(settings, db, redis, payroll_batch_size=2):
+    async with running_worker(settings, db, redis, PayrollJob, payroll_batch_size=2):
         done = await finished(client, alice, job["id"])
     assert (done["status"], done["succeeded_items"], done["failed_items"], done["progress"]) == (
         "COMPLETED_WITH_FAILURES", 3, 2, "5/5",
@@ -176,7 +159,7 @@ async def test_a_batch_paid_as_a_set_chains_every_entry_and_reconciles(
             (bob.account_number, "10.00")]  # fmt: skip
     items = [{"to_account_number": n, "amount": a} for n, a in plan]
     job = (await submit(client, alice, items)).json()
-    async with paying(settings, db, redis, payroll_batch_size=4):
+    async with running_worker(settings, db, redis, PayrollJob, payroll_batch_size=4):
         await send(client, alice, bob.account_number, "3.00")
         done = await finished(client, alice, job["id"])
     assert (done["succeeded_items"], done["failed_items"]) == (6, 1)  # 900.00 was too much
@@ -240,7 +223,7 @@ async def test_ten_thousand_items_are_each_paid_once(
     items = [{"to_account_number": number, "amount": "0.01"} for number in payees]
     accepted = await submit(client, alice, items)  # about 600 KB: over the usual 64 KiB
     assert accepted.status_code == 202, accepted.text
-    async with paying(settings, db, redis):
+    async with running_worker(settings, db, redis, PayrollJob):
         done = await finished(client, alice, accepted.json()["id"])
     assert (done["status"], done["checkpoint"], done["progress"]) == (
         "COMPLETED",

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from payments.payroll.jobs import PayrollJob
 from payments.platform.db import Q, create_pool
 from payments.settings import Settings
 from payments.webhooks.jobs import WebhookJob, retry_delay_s
@@ -24,7 +25,8 @@ from payments.worker import Worker
 from tests.api.conftest import serving
 from tests.api.receiver import Receiver, signature_is_valid
 from tests.api.test_fx import open_account, quote_id
-from tests.api.test_payroll import finished, open_payees, paying, submit
+from tests.api.test_payments import running_worker
+from tests.api.test_payroll import finished, open_payees, submit
 from tests.api.users import User, new_user, send
 
 API = "/api/v1/webhooks"
@@ -508,7 +510,7 @@ async def test_a_finished_payroll_job_emits_payroll_job_completed_once(
         client, alice, [{"to_account_number": n, "amount": "1.00"} for n in payees]
     )
     assert submitted.status_code == 202, submitted.text
-    async with paying(settings, db, redis, payroll_batch_size=2):
+    async with running_worker(settings, db, redis, PayrollJob, payroll_batch_size=2):
         job = await finished(client, alice, submitted.json()["id"])
     rows = await db.fetch("SELECT type, payload FROM webhook_event")
     assert [row["type"] for row in rows] == ["payroll_job.completed"]
