@@ -37,8 +37,12 @@ class WebhookSettings(Section):
     # deliveries are not claimed, so a slow receiver with a backlog holds at most this many
     # places (and the claim that crossed it), and the rest are left to other hosts.
     webhook_host_in_flight_max: int = 16
-    webhook_host_clients_max: int = 256  # hosts with a connection pool kept; idle ones go past it
     webhook_record_batch_max: int = 64  # finished attempts recorded in one transaction
+    # Once a claim found the queue caught up (fewer due than it asked for), the next claim waits
+    # this long first, and so does the recording of finished attempts: what is emitted or
+    # finished meanwhile goes in one claim and one record, and one NOTIFY wakes the worker, not
+    # one each. A delivery waits at most this much longer; a busy worker never waits.
+    webhook_batch_wait_s: float = 0.05
     webhook_endpoints_live_max: int = 16  # per user (409 webhook_endpoint_limit)
     webhook_response_excerpt_max: int = 200  # characters of a receiver's answer kept per attempt
     webhook_queue_sample_interval_s: float = 5.0  # how fresh the pending and failed gauges are
