@@ -410,6 +410,35 @@ async def _states_are(db: asyncpg.Pool, states: list[str]) -> bool:
     return await delivery_states(db) == states
 
 
+async def test_workers_claiming_at_once_never_take_the_same_delivery(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
+    """Three workers claim 5 at a time, at once, until nothing is due: every delivery is claimed
+    once, by one of them, its attempt counted once."""
+    await add_endpoint(client, alice, "http://127.0.0.1:9/a")
+    await add_endpoint(client, bob, "http://127.0.0.1:9/b")
+    sent = await asyncio.gather(
+        *(send(client, alice, bob.account_number, "0.01") for _ in range(40))
+    )
+    assert {response.status_code for response in sent} == {201}
+
+    async def claims(worker: str) -> list[int]:
+        taken: list[int] = []
+        async with db.acquire() as conn:
+            while rows := await conn.fetch(Q.claim_webhook_deliveries, worker, 5, 60, 8, []):
+                taken += [row["id"] for row in rows]
+        return taken
+
+    taken = await asyncio.gather(*(claims(f"w{n}") for n in range(3)))
+    every = [delivery_id for ids in taken for delivery_id in ids]
+    assert len(every) == len(set(every)) == 80
+    rows = await db.fetch("SELECT lease_owner, attempts, count(*) AS n FROM webhook_delivery"
+                          " GROUP BY 1, 2 ORDER BY 1")  # fmt: skip
+    assert [(row["lease_owner"], row["attempts"], row["n"]) for row in rows] == [
+        (f"w{n}", 1, len(ids)) for n, ids in enumerate(taken) if ids
+    ]
+
+
 async def test_a_slow_receiver_holds_up_no_other(
     client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool, settings: Settings
 ) -> None:

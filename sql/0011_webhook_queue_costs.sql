@@ -1,3 +1,5 @@
+-- What a webhook delivery costs PostgreSQL, cut where it was spent.
+
 -- A worker records its finished attempts as one set: one UPDATE of the deliveries and one INSERT
 -- of the attempts for the whole batch. 0009 ran a PL/pgSQL function per attempt, three
 -- statements each, whose generic plan for the UPDATE could walk the index of claimed deliveries;
@@ -44,3 +46,45 @@ $$;
 
 DROP FUNCTION record_webhook_attempt_v1(bigint, text, int, boolean, int, int, text, text,
                                         double precision, int);
+
+-- A claim locks only what it claims. 0009 locked the whole head of the queue it reads
+-- (p_limit * 8 rows) and claimed at most p_limit of them: while a slow host had its share in
+-- flight, every claim locked up to 128 of its deliveries only to take none. The head is now read
+-- without locks, and the rows chosen from it are locked (SKIP LOCKED, rechecked as they are
+-- locked, so a row another worker claimed meanwhile is passed over).
+CREATE OR REPLACE FUNCTION claim_webhook_deliveries_v1(p_worker text, p_limit int, p_lease_s int,
+                                                       p_attempts_max int, p_busy text[])
+RETURNS TABLE (id bigint, host text, attempt int, url text, secret_sealed text,
+               event_id text, payload text, created_at double precision)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Only a claim never recorded keeps its lease owner: a short index finds those.
+    UPDATE webhook_delivery d SET state = 'failed', lease_owner = NULL, updated_at = now()
+     WHERE d.id IN (SELECT q.id FROM webhook_delivery q
+                     WHERE q.state = 'pending' AND q.lease_owner IS NOT NULL
+                       AND q.next_attempt_at <= now() AND q.attempts >= p_attempts_max
+                     ORDER BY q.next_attempt_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
+    RETURN QUERY
+    WITH candidate AS (  -- the head of the queue: a claim reads this much, however long it is
+        SELECT q.id, q.endpoint_id, q.next_attempt_at FROM webhook_delivery q
+         WHERE q.state = 'pending' AND q.next_attempt_at <= now()
+           AND q.attempts < p_attempts_max
+         ORDER BY q.next_attempt_at LIMIT p_limit * 8
+    ), chosen AS (
+        SELECT q.id FROM candidate c
+          JOIN webhook_endpoint b ON b.id = c.endpoint_id
+          JOIN webhook_delivery q ON q.id = c.id
+         WHERE b.host <> ALL(p_busy)
+           AND q.state = 'pending' AND q.next_attempt_at <= now()
+           AND q.attempts < p_attempts_max
+         ORDER BY c.next_attempt_at LIMIT p_limit
+           FOR UPDATE OF q SKIP LOCKED
+    )
+    UPDATE webhook_delivery d
+       SET lease_owner = p_worker, attempts = d.attempts + 1, updated_at = now(),
+           next_attempt_at = now() + make_interval(secs => p_lease_s)
+      FROM chosen ch, webhook_endpoint e, webhook_event v
+     WHERE d.id = ch.id AND e.id = d.endpoint_id AND v.id = d.event_id
+    RETURNING d.id, e.host, d.attempts::int, e.url, e.secret_sealed, v.public_id, v.payload,
+              extract(epoch FROM d.created_at)::float8;
+END $$;
