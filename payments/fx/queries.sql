@@ -12,7 +12,7 @@ SELECT o.body::text FROM fx_quote_out o WHERE o.id = $1 AND o.user_id = $2;
 -- POST /transactions with fx_quote_id: the quote consumed and both legs moved in one statement.
 SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amount,
        body::json ->> 'currency' AS currency, body::json ->> 'code' AS code
-  FROM fx_transfer_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+  FROM fx_transfer_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: fx_positions
 -- The clearing accounts' balances: what the service holds (positive) or owes (negative) in each

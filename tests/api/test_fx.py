@@ -276,3 +276,31 @@ async def test_quote_problems_rendered_by_sql_agree_with_the_catalog(db: asyncpg
         assert status == problem.status
         assert json.loads(body) == {"type": f"/problems/{code}", "title": problem.title,
                                     "status": problem.status, "code": code, "detail": "d"}  # fmt: skip
+
+
+async def test_fx_entries_extend_the_chain_of_each_of_their_four_accounts(
+    client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
+) -> None:
+    """fx_transfer_v2 writes the four entries of both legs at once: each must still land on its
+    own account's chain, and the answer it renders must be the transaction as GET shows it."""
+    bob_eur = await open_account(client, bob, "EUR")
+    for _ in range(2):
+        quote = await quote_id(client, alice, "USD", "EUR", "10.00")
+        sent = await send(client, alice, bob_eur, None, fx_quote_id=quote, description="rent")
+        assert sent.status_code == 201, sent.text
+        seen = await client.get(f"/api/v1/transactions/{sent.json()['id']}", headers=alice.auth)
+        assert seen.json() == sent.json()
+    back = await quote_id(client, bob, "EUR", "USD", "5.00")
+    returned = await send(client, bob, alice.account_number, None, fx_quote_id=back)
+    assert returned.status_code == 201, returned.text
+
+    rows = await db.fetch(
+        "SELECT a.account_number, c.valid, (SELECT count(*) FROM ledger_entry e"
+        "  JOIN transfer t ON t.id = e.transfer_id WHERE e.account_id = a.id AND t.kind = 'fx')"
+        "  AS fx_entries"
+        " FROM account a, ledger_chain_v1(a.id) c WHERE a.account_number = ANY($1)",
+        [alice.account_number, bob_eur, "CLEARUSD", "CLEAREUR"],
+    )
+    assert {row["account_number"]: (row["valid"], row["fx_entries"]) for row in rows} == {
+        number: (True, 3) for number in (alice.account_number, bob_eur, "CLEARUSD", "CLEAREUR")
+    }
