@@ -57,9 +57,9 @@ async def receiving(
 
 @asynccontextmanager
 async def delivering(settings: Settings, **overrides: Any) -> AsyncIterator[WebhookJob]:
-    """A worker process's webhooks job, in this process: quick polls, tiny backoff."""
-    quick = settings.model_copy(update={"worker_poll_interval_s": 0.05,
-                                        "webhook_retry_base_s": 0.05, **overrides})  # fmt: skip
+    """A worker process's webhooks job, in this process: quick polls, tiny backoff and batch waits."""
+    quick = settings.model_copy(update={"worker_poll_interval_s": 0.05, "webhook_retry_base_s": 0.05,
+                                        "webhook_batch_wait_s": 0.01, **overrides})  # fmt: skip
     assert quick.database_url is not None
     pool = await create_pool(quick, quick.database_url, size_max=4)
     job = WebhookJob(quick)
@@ -345,7 +345,7 @@ async def test_a_receiver_that_fails_twice_gets_the_same_event_three_times(
         assert len({r.event_id for r in receiver.received}) == 1
         assert len({r.body for r in receiver.received}) == 1  # byte for byte
         # Full jitter: the n-th retry waits a random time up to 0.2 * 2^(n-1) s; each gap stays
-        # under its own bound (plus the 50 ms poll), and the bound doubles.
+        # under its own bound (plus the 50 ms poll and two 10 ms batch waits), and the bound doubles.
         gaps = [b.at - a.at for a, b in zip(receiver.received, receiver.received[1:], strict=False)]
         assert gaps[0] < 0.2 + 0.15
         assert gaps[1] < 0.4 + 0.15
