@@ -113,9 +113,9 @@ BEGIN
     -- The customer accounts (the source is the caller's, so never a funding account that may go
     -- below zero), in id order; their currencies differ, so they are two.
     SELECT max(l.balance_minor) FILTER (WHERE l.id = v_source.id) AS source_balance,
-           max(l.ledger_head) FILTER (WHERE l.id = v_source.id) AS source_head,
+           (array_agg(l.ledger_head) FILTER (WHERE l.id = v_source.id))[1] AS source_head,
            max(l.balance_minor) FILTER (WHERE l.id = v_target.id) AS target_balance,
-           max(l.ledger_head) FILTER (WHERE l.id = v_target.id) AS target_head
+           (array_agg(l.ledger_head) FILTER (WHERE l.id = v_target.id))[1] AS target_head
       INTO v_held
       FROM (SELECT a.id, a.balance_minor, a.ledger_head FROM account a
              WHERE a.id IN (v_source.id, v_target.id) ORDER BY a.id FOR NO KEY UPDATE) l;
@@ -153,11 +153,11 @@ BEGIN
     SELECT max(l.id) FILTER (WHERE l.currency = v_quote.from_currency) AS from_id,
            max(l.account_number) FILTER (WHERE l.currency = v_quote.from_currency) AS from_number,
            max(l.balance_minor) FILTER (WHERE l.currency = v_quote.from_currency) AS from_balance,
-           max(l.ledger_head) FILTER (WHERE l.currency = v_quote.from_currency) AS from_head,
+           (array_agg(l.ledger_head) FILTER (WHERE l.currency = v_quote.from_currency))[1] AS from_head,
            max(l.id) FILTER (WHERE l.currency = v_quote.to_currency) AS to_id,
            max(l.account_number) FILTER (WHERE l.currency = v_quote.to_currency) AS to_number,
            max(l.balance_minor) FILTER (WHERE l.currency = v_quote.to_currency) AS to_balance,
-           max(l.ledger_head) FILTER (WHERE l.currency = v_quote.to_currency) AS to_head
+           (array_agg(l.ledger_head) FILTER (WHERE l.currency = v_quote.to_currency))[1] AS to_head
       INTO v_clearing
       FROM (SELECT a.id, a.currency, a.account_number, a.balance_minor, a.ledger_head
               FROM account a
