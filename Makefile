@@ -41,7 +41,7 @@ clean:
 # Includes a primary killed under load (tests/api/test_cluster_failover.py).
 .PHONY: test-cluster
 test-cluster: $(STAMP)
-	REDIS_CLUSTER=true REDIS_URL=$(TEST_CLUSTER_URL) $(BIN)/pytest -q tests/api \
+	REDIS_CLUSTER=true REDIS_URL=$(TEST_CLUSTER_URL) $(BIN)/pytest -q -m 'not chaos and not once' tests/api \
 		tests/integration/test_redis_cluster_link.py $(PYTEST_ARGS)
 
 .PHONY: bench bench-layers
@@ -76,7 +76,7 @@ chaos: $(STAMP)
 # in front of DATABASE_URL or of an embedded PostgreSQL; needs the pgbouncer binary.
 .PHONY: test-pgbouncer
 test-pgbouncer: $(STAMP)
-	$(BIN)/python -m tests.pgbouncer $(BIN)/pytest tests/api $(PYTEST_ARGS)
+	$(BIN)/python -m tests.pgbouncer $(BIN)/pytest -m 'not chaos and not once' tests/api $(PYTEST_ARGS)
 
 # A load test of a deployment with locust (tests/load/locustfile.py), headless, for a short run:
 # make load HOST=https://api.example.com LOAD_USERS=50 LOAD_TIME=2m. The default HOST is a local

@@ -14,6 +14,8 @@ from payments.operations.docs import OPENAPI_PATH
 from payments.settings import Settings
 from tests.api.processes import server
 
+pytestmark = pytest.mark.once  # about the docs page, not a pooler nor a cluster
+
 CHROMIUM = shutil.which("chromium")
 # As the workplace's machines need: no sandbox as root, and no background calls to the network.
 CHROMIUM_FLAGS = [

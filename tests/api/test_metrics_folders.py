@@ -15,7 +15,7 @@ from payments.settings import Settings
 from tests.api.processes import server
 from tests.api.test_metrics_port import health_checks_counted
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]  # files on disk, not a pooler nor a cluster
 
 
 def health_checks(base_url: str, count: int) -> None:

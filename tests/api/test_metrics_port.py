@@ -14,6 +14,8 @@ from payments.platform.embedded import free_port
 from payments.settings import Settings
 from tests.api.processes import server
 
+pytestmark = pytest.mark.once  # about processes and ports, not a pooler nor a cluster
+
 HEALTH_CHECKS = 12
 
 

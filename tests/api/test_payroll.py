@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from payments.payroll.jobs import PayrollJob
@@ -216,6 +217,7 @@ async def test_every_item_is_checked_before_anything_is_stored(
     assert await db.fetchval("SELECT count(*) FROM payroll_job") == 1
 
 
+@pytest.mark.once  # its scale is the worker's and PostgreSQL's alone
 async def test_ten_thousand_items_are_each_paid_once(
     client: httpx.AsyncClient, alice: User, db: asyncpg.Pool, redis: Redis, settings: Settings
 ) -> None:
