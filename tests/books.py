@@ -19,6 +19,11 @@ async def reset_books(db: asyncpg.Pool) -> None:
         # The audit log refuses TRUNCATE but to a deliberate repair (sql/0007).
         await conn.execute("SET LOCAL payments.history_repair = 'on'")
         await conn.execute(f"TRUNCATE {CLEAN_TABLES} RESTART IDENTITY CASCADE")
+        # Nothing refers to a user or a customer account any more (every table that may is in
+        # CLEAN_TABLES), so the foreign-key checks of the deletes below can only pass: they are
+        # skipped. Past a 10,000-payee test they took 20 s, about 200 µs a row for each of the
+        # nine tables that refer to app_user.
+        await conn.execute("SET LOCAL session_replication_role = replica")
         await conn.execute("DELETE FROM account WHERE kind = 'customer'")
         await conn.execute("DELETE FROM app_user")
         await conn.execute("UPDATE account SET balance_minor = 0, ledger_head = NULL")
