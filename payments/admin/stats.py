@@ -94,10 +94,12 @@ async def cache_stats(request: Request) -> Response:
 
 async def redis_size(redis: AnyRedis) -> tuple[int, int]:
     """Keys and memory used: one round trip to a single Redis; on a cluster, every primary's
-    summed (its client sums DBSIZE itself, and will not pipeline INFO)."""
+    summed (its client sums DBSIZE itself, and will not pipeline INFO). DBSIZE goes to every
+    primary by name: redis-py sends it to one node otherwise, which counts only its own slots."""
     if isinstance(redis, RedisCluster):
         keys, by_node = await asyncio.gather(
-            redis.dbsize(), redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            redis.dbsize(target_nodes=RedisCluster.PRIMARIES),
+            redis.info("memory", target_nodes=RedisCluster.PRIMARIES),
         )
         return int(keys), sum(int(info["used_memory"]) for info in by_node.values())
     async with redis.pipeline(transaction=False) as pipe:
