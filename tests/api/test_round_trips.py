@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,32 +25,42 @@ class Trips:
     redis: int = 0
 
 
+COUNTED: ContextVar[Trips | None] = ContextVar("counted", default=None)
+
+
 @contextmanager
 def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trips]:
     """Count statements sent to PostgreSQL and packets of commands sent to Redis (a pipeline or a
-    script is one), through redis-py or the request path's own connection (redis_link.py)."""
+    script is one), through redis-py or the request path's own connection (redis_link.py).
+
+    Only the test's task and the tasks it starts count (they inherit its context): the process's
+    background tasks (the audit writer, the queue samplers) would otherwise count at random."""
     trips = Trips()
+    ours = COUNTED.set(trips)
     execute = asyncpg.connection.Connection._execute
     send_packed = AbstractConnection.send_packed_command
     link_send = redis_link._Protocol.send
 
     async def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.postgres += 1
+        trips.postgres += COUNTED.get() is trips
         return await execute(self, *args, **kwargs)
 
     async def counted_send(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.redis += 1
+        trips.redis += COUNTED.get() is trips
         return await send_packed(self, *args, **kwargs)
 
     def counted_link_send(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.redis += 1
+        trips.redis += COUNTED.get() is trips
         return link_send(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(redis_link._Protocol, "send", counted_link_send)
         patch.setattr(asyncpg.connection.Connection, "_execute", counted_execute)
         patch.setattr(AbstractConnection, "send_packed_command", counted_send)
-        yield trips
+        try:
+            yield trips
+        finally:
+            COUNTED.reset(ours)
 
 
 def primaries_of(app: Starlette, *users: User) -> int:
