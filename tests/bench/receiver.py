@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from payments.__main__ import run_loop
 from tests.api.receiver import Receiver
 
 
@@ -17,4 +18,4 @@ async def serve(delay_s: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(float(sys.argv[1])))
+    run_loop(serve(float(sys.argv[1])))
