@@ -15,12 +15,14 @@ SELECT status, body, replayed, stored, parties, body::json ->> 'amount' AS amoun
   FROM fx_transfer_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: fx_positions
--- The clearing accounts' balances: what the service holds (positive) or owes (negative) in each
--- currency because of FX transfers.
+-- The clearing accounts' balances, summed per currency (each clears over eight accounts): what
+-- the service holds (positive) or owes (negative) in each currency because of FX transfers.
 SELECT json_agg(r ORDER BY r.currency)::text
-  FROM (SELECT a.currency, a.account_number, money_text(a.balance_minor, c.exponent) AS position,
+  FROM (SELECT a.currency, array_agg(a.account_number ORDER BY a.account_number) AS account_numbers,
+               money_text(sum(a.balance_minor)::bigint, c.exponent) AS position,
                (SELECT count(*) FROM fx_quote q
                  WHERE q.status = 'USED' AND a.currency IN (q.from_currency, q.to_currency))
                    AS transfers
           FROM account a JOIN currency c ON c.code = a.currency
-         WHERE a.kind = 'clearing') r;
+         WHERE a.kind = 'clearing'
+         GROUP BY a.currency, c.exponent) r;

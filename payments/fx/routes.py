@@ -61,7 +61,8 @@ async def get_quote(request: Request) -> Response:
 
 
 async def list_positions(request: Request) -> Response:
-    """Admins: each currency's clearing account, its balance being the service's FX position."""
+    """Admins: each currency's clearing accounts, their summed balance being the service's FX
+    position in that currency."""
     found = services(request)
     body = await found.pool.fetchval(Q.fx_positions)
     return Response(f'{{"data":{body or "[]"}}}'.encode(), media_type="application/json",

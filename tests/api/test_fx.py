@@ -48,6 +48,12 @@ async def quote_id(
     return value
 
 
+def clearing(currency: str, quote: int) -> str:
+    """The clearing account of the currency that an FX transfer with this quote goes through: one
+    of eight, by the quote's id (sql/0013)."""
+    return f"CLEAR{currency}{quote % 8 or ''}"
+
+
 _versions = itertools.count(1)
 
 
@@ -85,8 +91,8 @@ async def test_a_quote_locks_the_rate_and_a_transfer_uses_it_once(
     assert {k: transaction[k] for k in expected} == expected
     assert await balance_minor(db, alice.account_number) == 900_00
     assert await balance_minor(db, bob_eur) == 92_00
-    assert await balance_minor(db, "CLEARUSD") == 100_00
-    assert await balance_minor(db, "CLEAREUR") == -92_00
+    assert await balance_minor(db, clearing("USD", quote["id"])) == 100_00
+    assert await balance_minor(db, clearing("EUR", quote["id"])) == -92_00
     entries = await db.fetchval(
         "SELECT count(*) FROM ledger_entry e JOIN transfer t ON t.id = e.transfer_id"
         " WHERE t.kind = 'fx'"
@@ -261,9 +267,13 @@ async def test_after_many_fx_transfers_every_currency_sums_to_zero(
     listed = await client.get("/api/v1/admin/fx/positions", headers=admin.auth)
     assert listed.status_code == 200
     by_currency = {row["currency"]: row for row in listed.json()["data"]}
-    usd = next(row for row in positions if row["currency"] == "USD")
-    assert by_currency["USD"]["account_number"] == "CLEARUSD"
-    assert by_currency["USD"]["position"] == f"{usd['balance_minor'] / 100:.2f}"
+    usd = sum(row["balance_minor"] for row in positions if row["currency"] == "USD")
+    assert by_currency["USD"]["account_numbers"] == ["CLEARUSD"] + [
+        f"CLEARUSD{n}" for n in range(1, 8)
+    ]
+    assert by_currency["USD"]["position"] == f"{usd / 100:.2f}"
+    # 48 transfers in or out of USD, with 48 quotes: spread over the clearing accounts.
+    assert sum(1 for row in positions if row["currency"] == "USD" and row["entries"]) > 1
     assert by_currency["USD"]["transfers"] == 48
     forbidden = await client.get("/api/v1/admin/fx/positions", headers=users[0].auth)
     assert forbidden.status_code == 403
@@ -282,25 +292,32 @@ async def test_fx_entries_extend_the_chain_of_each_of_their_four_accounts(
     client: httpx.AsyncClient, alice: User, bob: User, db: asyncpg.Pool
 ) -> None:
     """fx_transfer_v2 writes the four entries of both legs at once: each must still land on its
-    own account's chain, and the answer it renders must be the transaction as GET shows it."""
+    own account's chain, the clearing ones on the two accounts its quote picks, and the answer it
+    renders must be the transaction as GET shows it."""
     bob_eur = await open_account(client, bob, "EUR")
-    for _ in range(2):
-        quote = await quote_id(client, alice, "USD", "EUR", "10.00")
-        sent = await send(client, alice, bob_eur, None, fx_quote_id=quote, description="rent")
+    quotes = []
+    for _ in range(9):  # nine quotes in a row: eight pairs of clearing accounts, one twice
+        quotes.append(await quote_id(client, alice, "USD", "EUR", "10.00"))
+        sent = await send(client, alice, bob_eur, None, fx_quote_id=quotes[-1], description="rent")
         assert sent.status_code == 201, sent.text
         seen = await client.get(f"/api/v1/transactions/{sent.json()['id']}", headers=alice.auth)
         assert seen.json() == sent.json()
-    back = await quote_id(client, bob, "EUR", "USD", "5.00")
-    returned = await send(client, bob, alice.account_number, None, fx_quote_id=back)
+    quotes.append(await quote_id(client, bob, "EUR", "USD", "5.00"))
+    returned = await send(client, bob, alice.account_number, None, fx_quote_id=quotes[-1])
     assert returned.status_code == 201, returned.text
 
     rows = await db.fetch(
         "SELECT a.account_number, c.valid, (SELECT count(*) FROM ledger_entry e"
         "  JOIN transfer t ON t.id = e.transfer_id WHERE e.account_id = a.id AND t.kind = 'fx')"
         "  AS fx_entries"
-        " FROM account a, ledger_chain_v1(a.id) c WHERE a.account_number = ANY($1)",
-        [alice.account_number, bob_eur, "CLEARUSD", "CLEAREUR"],
+        " FROM account a, ledger_chain_v1(a.id) c"
+        " WHERE a.account_number = ANY($1) OR a.kind = 'clearing'",
+        [alice.account_number, bob_eur],
     )
-    assert {row["account_number"]: (row["valid"], row["fx_entries"]) for row in rows} == {
-        number: (True, 3) for number in (alice.account_number, bob_eur, "CLEARUSD", "CLEAREUR")
-    }
+    expected = {alice.account_number: 10, bob_eur: 10}
+    for quote in quotes:
+        for currency in ("USD", "EUR"):
+            expected[clearing(currency, quote)] = expected.get(clearing(currency, quote), 0) + 1
+    found = {row["account_number"]: row["fx_entries"] for row in rows if row["fx_entries"]}
+    assert found == expected
+    assert all(row["valid"] for row in rows)
