@@ -22,19 +22,20 @@ from typing import Any
 import asyncpg
 
 from payments.webhooks.sealing import Sealer
+from tests.bench.cpu import cpu_seconds
 
 DRAIN_TIMEOUT_S = 120.0
 SLOW_RECEIVER_S = 2.0
 
 
 @contextmanager
-def receiver(delay_s: float) -> Iterator[str]:
-    """A receiver process answering 200 after delay_s; its URL."""
+def receiver(delay_s: float) -> Iterator[tuple[str, int]]:
+    """A receiver process answering 200 after delay_s; its URL and process id."""
     process = subprocess.Popen([sys.executable, "-m", "tests.bench.receiver", str(delay_s)],
                                stdout=subprocess.PIPE)  # fmt: skip
     try:
         assert process.stdout is not None
-        yield process.stdout.readline().decode().strip()
+        yield process.stdout.readline().decode().strip(), process.pid
     finally:
         process.kill()
         process.wait(10)
@@ -85,7 +86,7 @@ async def fanout(
     try:
         results.append(await measure_transfers("fanout: no endpoint"))
         since_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM webhook_delivery")
-        with receiver(0.0) as url:
+        with receiver(0.0) as (url, pid):
             await add_endpoints(conn, sealer, url)
             started = time.monotonic()
             transfers = await measure_transfers("fanout: delivering")
@@ -95,11 +96,13 @@ async def fanout(
             delivered = await conn.fetchval(
                 "SELECT count(*) FROM webhook_delivery WHERE id > $1 AND state = 'delivered'", since_id)  # fmt: skip
             print(f"  webhook-fanout: {delivered} deliveries in {window_s:.1f} s "
-                  f"({drain_s:.1f} s of it after the transfers stopped)", file=sys.stderr)  # fmt: skip
+                  f"({drain_s:.1f} s of it after the transfers stopped); the receiver, not in the "
+                  f"CPU table, used {cpu_seconds({pid}) / max(delivered, 1) * 1e6:.0f} µs of CPU "
+                  "a delivery", file=sys.stderr)  # fmt: skip
             results.append(delivery_result("fanout: deliveries", window_s,
                                            await delivery_latencies(conn, since_id)))  # fmt: skip
             await remove_endpoints(conn)
-        with receiver(SLOW_RECEIVER_S) as url:
+        with receiver(SLOW_RECEIVER_S) as (url, _):
             await add_endpoints(conn, sealer, url)
             results.append(await measure_transfers("fanout: receiver 2s"))
             slow = await conn.fetchval(
