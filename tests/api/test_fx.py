@@ -50,7 +50,7 @@ async def quote_id(
 
 def clearing(currency: str, quote: int) -> str:
     """The clearing account of the currency that an FX transfer with this quote goes through: one
-    of eight, by the quote's id (sql/0013)."""
+    of eight, by the quote's id (sql/0012)."""
     return f"CLEAR{currency}{quote % 8 or ''}"
 
 
