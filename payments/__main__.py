@@ -10,10 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 import uvicorn
@@ -29,7 +28,6 @@ from payments.settings import Settings
 
 COMMANDS = ("run", "serve", "worker", "migrate", "seed", "create-admin")
 log = structlog.get_logger("payments")
-T = TypeVar("T")
 WORKER_STOP_TIMEOUT_S = 15.0  # the worker's own grace for the batch in hand, and some margin
 
 
@@ -158,22 +156,12 @@ def run_command(command: str, settings: Settings, admin_email: str | None) -> in
     return 0
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """On uvloop, as uvicorn runs the API: the worker's HTTP client and asyncpg cost less CPU
-    on it. asyncio's own loop where uvloop is not installed (Windows)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def work(settings: Settings) -> int:
     # Imported here, once PROMETHEUS_MULTIPROC_DIR is set (see metrics_folder).
     from payments.worker import run_worker
 
     with metrics_listener(settings):
-        if not run_loop(run_worker(settings)):
+        if not asyncio.run(run_worker(settings)):
             return 1  # a loop broke: a supervisor starts a sound worker
     return 0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from payments.__main__ import run_loop
 from tests.api.receiver import Receiver
 
 
@@ -18,4 +17,4 @@ async def serve(delay_s: float) -> None:
 
 
 if __name__ == "__main__":
-    run_loop(serve(float(sys.argv[1])))
+    asyncio.run(serve(float(sys.argv[1])))
