@@ -32,8 +32,14 @@ ALTER TABLE account DROP CONSTRAINT account_account_number_check,
 DROP INDEX account_clearing_currency_key;
 INSERT INTO account (account_number, kind, currency)
 SELECT 'CLEAR' || c.code || s, 'clearing', c.code FROM currency c, generate_series(1, 7) s;
+-- A clearing account's number names its currency; what looks clearing accounts up by currency
+-- (fx_transfer_v1, the positions) reads this index.
+ALTER TABLE account ADD CONSTRAINT account_clearing_number_check
+    CHECK (kind <> 'clearing' OR account_number ~ ('^CLEAR' || currency || '[1-7]?$'));
+CREATE INDEX account_clearing_currency_idx ON account (currency) WHERE kind = 'clearing';
 
--- The clearing account of p_currency that the quote p_quote_id clears through.
+-- The clearing account of p_currency that the quote p_quote_id clears through. A currency added
+-- later gets its eight clearing accounts in the migration that adds it.
 CREATE FUNCTION fx_clearing_number_v1(p_currency text, p_quote_id bigint) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'CLEAR' || p_currency || coalesce(nullif(p_quote_id % 8, 0)::text, '')
@@ -187,6 +193,8 @@ BEGIN
              WHERE a.account_number IN (fx_clearing_number_v1(v_quote.from_currency, v_quote.id),
                                         fx_clearing_number_v1(v_quote.to_currency, v_quote.id))
              ORDER BY a.id FOR NO KEY UPDATE) l;
+    ASSERT v_clearing.from_id IS NOT NULL AND v_clearing.to_id IS NOT NULL,
+           'every currency has eight clearing accounts';
     v_entry := ARRAY[nextval('ledger_entry_id_seq'), nextval('ledger_entry_id_seq'),
                      nextval('ledger_entry_id_seq'), nextval('ledger_entry_id_seq')];
     v_balance := ARRAY[v_held.source_balance - v_quote.from_amount_minor,

@@ -46,7 +46,7 @@ async def book_violations(
     `currency` together must still hold what they were given), a negative balance, a ledger that
     does not sum to zero or does not match a balance."""
     violations = []
-    total = await conn.fetchval(  # with what FX transfers left in the clearing account
+    total = await conn.fetchval(  # with what FX transfers left in the clearing accounts
         "SELECT sum(balance_minor) FROM account WHERE kind IN ('customer', 'clearing')"
         " AND currency = $1", currency)  # fmt: skip
     if total != customers_hold_minor:

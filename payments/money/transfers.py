@@ -88,9 +88,9 @@ async def create_transfer(request: Request) -> Response:
 
 
 async def send_fx_transfer(request: Request) -> asyncpg.Record:
-    """The quote consumed (ACTIVE -> USED), from_amount from the sender into the clearing account
-    of its currency and to_amount from the other currency's clearing account to the recipient,
-    and the key's answer: one statement, all or nothing."""
+    """The quote consumed (ACTIVE -> USED), from_amount from the sender into a clearing account of
+    its currency and to_amount from one of the other currency's to the recipient (the pair the
+    quote's id picks), and the key's answer: one statement, all or nothing."""
     found = services(request)
     command = validate_body(FxTransferIn, body_of(request))
     quote_id = quote_id_of(command.fx_quote_id)
